@@ -1,0 +1,95 @@
+//! Bounded waiting: deadlines, and `poll` in ticks that watch the stop signals.
+//!
+//! Nothing in the workspace sleeps in the kernel without a bound. A wait is a
+//! `poll` of at most [`TICK`]; on each wake it checks the signal flag
+//! ([`crate::signals::check`]) and the deadline, so Ctrl-C and `--timeout` are
+//! honoured within a tick, and mechanisms without end-of-file use the same tick to
+//! check that their peer is still alive.
+
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::error::{Context, Result};
+use crate::signals;
+
+/// Longest a wait sleeps before looking at signals, deadline and peer again.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// When to give up waiting, or never.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// `timeout` from now; `None` never expires.
+    #[must_use]
+    pub fn after(timeout: Option<Duration>) -> Self {
+        Deadline(timeout.map(|t| Instant::now() + t))
+    }
+
+    /// A deadline that never expires.
+    #[must_use]
+    pub fn never() -> Self {
+        Deadline(None)
+    }
+
+    /// Whether the deadline has passed.
+    #[must_use]
+    pub fn expired(&self) -> bool {
+        self.0.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// How long the next sleep may last: at most `step`, and not past the deadline.
+    #[must_use]
+    pub fn step(&self, step: Duration) -> Duration {
+        match self.0 {
+            None => step,
+            Some(at) => at.saturating_duration_since(Instant::now()).min(step),
+        }
+    }
+}
+
+/// `--timeout SECS` as a duration: 0 means wait forever.
+#[must_use]
+pub fn timeout_secs(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+/// Waits until `fd` reports one of `events` (or an error/hang-up condition).
+///
+/// Returns `Ok(true)` when ready, `Ok(false)` when `deadline` passed first, and
+/// the interrupt error as soon as a stop signal is seen. `on_tick` runs after
+/// every quiet tick: a mechanism's peer-liveness check goes there.
+pub fn wait_fd(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    deadline: &Deadline,
+    mut on_tick: impl FnMut() -> Result<()>,
+) -> Result<bool> {
+    loop {
+        signals::check()?;
+        if deadline.expired() {
+            return Ok(false);
+        }
+        let ms = u16::try_from(deadline.step(TICK).as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd, events)];
+        // poll: sleep until the descriptor is ready or the tick ends; a signal
+        // handler makes it return EINTR even under SA_RESTART.
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(Errno::EINTR) => on_tick()?,
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e).context(|| "poll"),
+        }
+    }
+}
+
+/// Sleeps one short step (at most `step`, never past `deadline`), then checks signals.
+///
+/// For retry loops whose object has no descriptor to poll yet (a FIFO not yet
+/// created, a queue not yet opened).
+pub fn pause(deadline: &Deadline, step: Duration) -> Result<()> {
+    std::thread::sleep(deadline.step(step));
+    signals::check()
+}
