@@ -24,7 +24,7 @@ use nix::errno::Errno;
 use nix::sys::stat::{SFlag, lstat};
 
 use crate::error::{Context, Error, Result};
-use crate::paths::{self, NAME_PREFIX, file_kind, uid};
+use crate::paths::{self, file_kind, uid};
 
 /// Where POSIX shared memory and named semaphores appear as files.
 pub const DEV_SHM: &str = "/dev/shm";
@@ -129,27 +129,29 @@ pub fn remove_sysv(kind: SysvKind, id: i32) -> Result<()> {
     }
 }
 
-/// Everything of ours in every namespace, for the default private directory.
+/// Everything of ours in every namespace: the private directory and name prefix
+/// in use (see [`paths::private_dir_path`] and [`paths::name_prefix`]).
 pub fn scan() -> Result<Vec<Leftover>> {
-    scan_with(&paths::private_dir_path())
+    scan_with(&paths::private_dir_path(), &paths::name_prefix())
 }
 
-/// Everything of ours, with `dir` as the private directory.
-pub fn scan_with(dir: &Path) -> Result<Vec<Leftover>> {
+/// Everything of ours, with `dir` as the private directory and `prefix` as the
+/// POSIX name prefix.
+pub fn scan_with(dir: &Path, prefix: &str) -> Result<Vec<Leftover>> {
     let mut found = scan_private_dir(dir)?;
     found.extend(scan_prefixed(
         Path::new(DEV_SHM),
-        &format!("{NAME_PREFIX}.{}.", uid()),
+        &format!("{prefix}.{}.", uid()),
         "posix shm",
     )?);
     found.extend(scan_prefixed(
         Path::new(DEV_SHM),
-        &format!("sem.{NAME_PREFIX}.{}.", uid()),
+        &format!("sem.{prefix}.{}.", uid()),
         "posix semaphore",
     )?);
     found.extend(scan_prefixed(
         Path::new(DEV_MQUEUE),
-        &format!("{NAME_PREFIX}.{}.", uid()),
+        &format!("{prefix}.{}.", uid()),
         "posix queue",
     )?);
     let keys = ftok_suffixes(dir)?;

@@ -24,6 +24,9 @@ use crate::error::{Context, Error, Result};
 pub const DIR_NAME: &str = "ipc-demos";
 /// Prefix of every POSIX name (`/ipc-demos.<uid>.<mech>`) without the slash.
 pub const NAME_PREFIX: &str = "ipc-demos";
+/// Environment variable that replaces [`NAME_PREFIX`], so parallel tests each
+/// get a namespace of their own (and `ipc-clean` in one never touches another's).
+pub const PREFIX_ENV: &str = "IPC_DEMOS_PREFIX";
 /// Longest POSIX IPC name the kernel takes, slash excluded (`NAME_MAX`).
 pub const NAME_MAX: usize = 255;
 
@@ -84,10 +87,27 @@ pub fn check_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The name prefix in use: `$IPC_DEMOS_PREFIX` if set to letters, digits, `-`,
+/// `_` or `.`, else [`NAME_PREFIX`].
+#[must_use]
+pub fn name_prefix() -> String {
+    match env::var(PREFIX_ENV) {
+        Ok(p)
+            if !p.is_empty()
+                && p.len() <= 64
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+        {
+            p
+        }
+        _ => NAME_PREFIX.to_string(),
+    }
+}
+
 /// `/ipc-demos.<uid>.<mech>`: the default POSIX name of a mechanism's object.
 #[must_use]
 pub fn posix_name(mech: &str) -> String {
-    format!("/{NAME_PREFIX}.{}.{mech}", uid())
+    format!("/{}.{}.{mech}", name_prefix(), uid())
 }
 
 /// Refuses a POSIX IPC name the kernel would reject, before any system call (exit 2).

@@ -39,22 +39,37 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
-/// A private `XDG_RUNTIME_DIR` for one test, removed when dropped.
+/// A private `XDG_RUNTIME_DIR` and POSIX name prefix for one test; the
+/// directory is removed when dropped.
 #[derive(Debug)]
 pub struct TestDir {
     root: PathBuf,
+    prefix: String,
 }
 
 impl TestDir {
     /// Creates `$TMPDIR/ipc-demos-test-<unique>` with mode 0700.
     #[must_use]
     pub fn new(tag: &str) -> Self {
-        let root = std::env::temp_dir().join(unique(&format!("ipc-demos-test-{tag}")));
+        let name = unique(&format!("ipc-demos-test-{tag}"));
+        let root = std::env::temp_dir().join(&name);
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&root)
             .expect("create test dir");
-        TestDir { root }
+        TestDir { root, prefix: name }
+    }
+
+    /// The POSIX name prefix the binaries will use (`/<prefix>.<uid>.<mech>`).
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// What the default POSIX name of `mech` is for binaries run from here.
+    #[must_use]
+    pub fn posix_name(&self, mech: &str) -> String {
+        format!("/{}.{}.{mech}", self.prefix, crate::paths::uid())
     }
 
     /// The directory itself (what `XDG_RUNTIME_DIR` is set to).
@@ -69,27 +84,26 @@ impl TestDir {
         self.root.join(crate::paths::DIR_NAME)
     }
 
-    /// A command for `bin` with this directory as its `XDG_RUNTIME_DIR`.
+    /// A command for `bin` with this directory as its `XDG_RUNTIME_DIR` and this
+    /// test's name prefix.
     #[must_use]
     pub fn command(&self, bin: &str) -> Command {
         let mut cmd = Command::new(bin);
         cmd.env("XDG_RUNTIME_DIR", &self.root)
+            .env(crate::paths::PREFIX_ENV, &self.prefix)
             .env_remove("RUST_BACKTRACE");
         cmd
     }
 
-    /// Fails the test if the private directory holds anything.
+    /// Fails the test if anything of this test's is left in any namespace:
+    /// the private directory, `/dev/shm`, POSIX queues, System V objects.
     pub fn assert_clean(&self) {
-        let left: Vec<String> = match fs::read_dir(self.private()) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok().map(|e| e.path().display().to_string()))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        assert!(
-            left.is_empty(),
-            "left behind in the private directory: {left:?}"
-        );
+        let left = crate::clean::scan_with(&self.private(), &self.prefix).expect("scan");
+        let names: Vec<String> = left
+            .iter()
+            .map(|l| format!("{} {}", l.kind, l.name))
+            .collect();
+        assert!(names.is_empty(), "left behind: {names:?}");
     }
 }
 
@@ -235,6 +249,12 @@ impl Running {
         let stdin = self.stdin.as_mut().expect("stdin was not piped");
         stdin.write_all(bytes).expect("write to stdin");
         stdin.flush().expect("flush stdin");
+    }
+
+    /// Writes to stdin, reporting rather than failing if the process stopped reading.
+    pub fn try_write_stdin(&mut self, bytes: &[u8]) -> bool {
+        let stdin = self.stdin.as_mut().expect("stdin was not piped");
+        stdin.write_all(bytes).and_then(|()| stdin.flush()).is_ok()
     }
 
     /// Closes stdin: the process sees end of input.

@@ -295,7 +295,11 @@ impl FrameSource for FifoSource<'_> {
 pub fn open_writer(path: &Path, timeout: Option<Duration>) -> Result<OwnedFd> {
     let deadline = Deadline::after(timeout);
     loop {
-        expect_kind(path, SFlag::S_IFIFO, "FIFO")?;
+        // Refuse a link, another file type, or a stranger's FIFO before waiting on it.
+        if let Some(st) = expect_kind(path, SFlag::S_IFIFO, "FIFO")? {
+            check_ours(&st, &what(path))?;
+        }
+
         let flags = OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         // open for writing: succeeds only once a reader has the FIFO open.
         match open(path, flags, Mode::empty()) {

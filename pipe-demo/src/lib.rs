@@ -132,10 +132,11 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
 pub fn spawn_reader(read_end: OwnedFd, program: &Path, args: &[String]) -> Result<Pid> {
     let path = CString::new(program.as_os_str().as_bytes())
         .map_err(|_| Error::usage("program path has a NUL byte"))?;
-    let mut argv =
-        vec![CString::new(program.file_name().unwrap_or_default().as_bytes()).unwrap_or_default()];
+    // Everything exec needs is built before fork: the child only makes system calls.
+    let name = program.file_name().unwrap_or_default().as_bytes();
+    let mut c_args = vec![CString::new(name).unwrap_or_default()];
     for a in args {
-        argv.push(CString::new(a.as_str()).map_err(|_| Error::usage("argument has a NUL byte"))?);
+        c_args.push(CString::new(a.as_str()).map_err(|_| Error::usage("argument has a NUL byte"))?);
     }
     // SAFETY: this process is single-threaded (no thread holds a lock the child
     // could need), and the child only calls dup2, fcntl, signal, execv and _exit.
@@ -155,13 +156,17 @@ pub fn spawn_reader(read_end: OwnedFd, program: &Path, args: &[String]) -> Resul
                     let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
                 }
                 // execv: become the reader; on success this does not return.
-                let _ = execv(&path, &argv);
+                let _ = execv(&path, &c_args);
             }
             // SAFETY: _exit ends the child at once, without running the parent's
             // destructors or flushing its copied stdio buffers.
             unsafe { libc::_exit(127) }
         }
-        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Parent { child } => {
+            // close our copy of the read end: only the child reads.
+            drop(read_end);
+            Ok(child)
+        }
     }
 }
 

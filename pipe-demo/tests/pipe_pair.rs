@@ -4,7 +4,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ipc_common::testkit::{LIMIT, Running, TestDir, bytes_read, end_bytes, frame_bytes, wait_until};
+use ipc_common::testkit::{
+    LIMIT, Running, TestDir, bytes_read, end_bytes, frame_bytes, wait_until,
+};
 
 const WRITER: &str = env!("CARGO_BIN_EXE_pipe-writer");
 const READER: &str = env!("CARGO_BIN_EXE_pipe-reader");
@@ -13,8 +15,13 @@ const DUPLEX: &str = env!("CARGO_BIN_EXE_pipe-duplex");
 const PROMPT: Duration = Duration::from_secs(3);
 
 /// Runs `writer args | reader args` and returns both outcomes.
-fn pipeline(dir: &TestDir, writer: &[&str], reader: &[&str]) -> (ipc_common::testkit::Outcome, ipc_common::testkit::Outcome) {
-    let (w, pipe) = Running::spawn_upstream(dir.command(WRITER).args(writer).stdin(Stdio::null()), LIMIT);
+fn pipeline(
+    dir: &TestDir,
+    writer: &[&str],
+    reader: &[&str],
+) -> (ipc_common::testkit::Outcome, ipc_common::testkit::Outcome) {
+    let (w, pipe) =
+        Running::spawn_upstream(dir.command(WRITER).args(writer).stdin(Stdio::null()), LIMIT);
     let r = Running::spawn(dir.command(READER).args(reader).stdin(pipe), LIMIT);
     (w.finish(), r.finish())
 }
@@ -31,12 +38,19 @@ fn read_bytes(bytes: &[u8], args: &[&str]) -> ipc_common::testkit::Outcome {
 #[test]
 fn three_thousand_frames_of_0_to_70000_bytes_arrive_intact() {
     let dir = TestDir::new("pipe-big");
-    let (w, r) = pipeline(&dir, &["--count", "3000", "--size", "0..70000", "--seed", "7"], &["--count", "3000"]);
+    let (w, r) = pipeline(
+        &dir,
+        &["--count", "3000", "--size", "0..70000", "--seed", "7"],
+        &["--count", "3000"],
+    );
     w.expect(0);
     r.expect(0);
     assert_eq!(w.summary(), r.summary());
     assert_eq!(r.summary().messages, 3000);
-    assert!(r.summary().bytes > 3000 * 20_000, "sizes spread over 0..70000");
+    assert!(
+        r.summary().bytes > 3000 * 20_000,
+        "sizes spread over 0..70000"
+    );
     assert!(r.stdout.is_empty(), "--count prints only the summary");
 }
 
@@ -49,7 +63,10 @@ fn text_mode_prints_the_lines_typed() {
     let (w, r) = (w.finish(), r.finish());
     w.expect(0);
     r.expect(0);
-    assert_eq!(r.stdout_text(), "hello\nworld\n\nlast line without newline\n");
+    assert_eq!(
+        r.stdout_text(),
+        "hello\nworld\n\nlast line without newline\n"
+    );
     assert_eq!(r.summary().messages, 4);
     assert_eq!(w.summary(), r.summary());
 }
@@ -57,12 +74,30 @@ fn text_mode_prints_the_lines_typed() {
 #[test]
 fn spawn_makes_the_pipe_and_runs_the_reader_on_it() {
     let dir = TestDir::new("pipe-spawn");
-    let w = Running::spawn(dir.command(WRITER).args(["--spawn", "--count", "5000", "--size", "0..9000"]).stdin(Stdio::null()), LIMIT)
-        .finish();
+    let w = Running::spawn(
+        dir.command(WRITER)
+            .args(["--spawn", "--count", "5000", "--size", "0..9000"])
+            .stdin(Stdio::null()),
+        LIMIT,
+    )
+    .finish();
     w.expect(0);
-    let sent = w.stderr.lines().find(|l| l.starts_with("pipe-writer: sent")).expect("writer summary");
-    let got = w.stderr.lines().find(|l| l.starts_with("pipe-reader: received")).expect("reader summary");
-    assert_eq!(sent.split("sent").nth(1), got.split("received").nth(1), "{}", w.stderr);
+    let sent = w
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("pipe-writer: sent"))
+        .expect("writer summary");
+    let got = w
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("pipe-reader: received"))
+        .expect("reader summary");
+    assert_eq!(
+        sent.split("sent").nth(1),
+        got.split("received").nth(1),
+        "{}",
+        w.stderr
+    );
 }
 
 #[test]
@@ -81,10 +116,23 @@ fn spawn_exits_with_the_readers_code_when_the_reader_fails() {
 #[test]
 fn duplex_verifies_every_round_trip_and_prints_percentiles() {
     let dir = TestDir::new("pipe-duplex");
-    let d = Running::spawn(dir.command(DUPLEX).args(["--count", "2000", "--size", "1..5000"]), LIMIT).finish();
+    let d = Running::spawn(
+        dir.command(DUPLEX)
+            .args(["--count", "2000", "--size", "1..5000"]),
+        LIMIT,
+    )
+    .finish();
     d.expect(0);
-    let child = d.stderr.lines().find(|l| l.starts_with("pipe-duplex child: received")).expect("child summary");
-    let parent = d.stderr.lines().find(|l| l.starts_with("pipe-duplex: sent")).expect("parent summary");
+    let child = d
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("pipe-duplex child: received"))
+        .expect("child summary");
+    let parent = d
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("pipe-duplex: sent"))
+        .expect("parent summary");
     assert_eq!(child.split("received").nth(1), parent.split("sent").nth(1));
     d.expect_stderr("2000 round trips of 1..5000 bytes: p50 ");
 }
@@ -103,8 +151,13 @@ fn corrupt_checksum_exits_4_and_prints_nothing_of_it() {
     let last = bad.len() - 1;
     bad[last] ^= 0x20;
     let r = read_bytes(&good_then(&bad), &[]);
-    r.expect(4).expect_stderr("pipe: writer 0 seq 1: checksum mismatch");
-    assert_eq!(r.stdout_text(), "first\n", "the good frame printed, the corrupt one not");
+    r.expect(4)
+        .expect_stderr("pipe: writer 0 seq 1: checksum mismatch");
+    assert_eq!(
+        r.stdout_text(),
+        "first\n",
+        "the good frame printed, the corrupt one not"
+    );
     assert!(r.elapsed < PROMPT);
     assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
 }
@@ -113,21 +166,27 @@ fn corrupt_checksum_exits_4_and_prints_nothing_of_it() {
 fn bad_magic_exits_4() {
     let mut bad = frame_bytes(0, 1, b"x");
     bad[0] = b'J';
-    read_bytes(&good_then(&bad), &[]).expect(4).expect_stderr("frame #2: bad magic 4a 50 43 31");
+    read_bytes(&good_then(&bad), &[])
+        .expect(4)
+        .expect_stderr("frame #2: bad magic 4a 50 43 31");
 }
 
 #[test]
 fn reserved_flags_exit_4() {
     let mut bad = frame_bytes(0, 1, b"x");
     bad[5] = 0x80;
-    read_bytes(&good_then(&bad), &[]).expect(4).expect_stderr("reserved flags set: 0x80");
+    read_bytes(&good_then(&bad), &[])
+        .expect(4)
+        .expect_stderr("reserved flags set: 0x80");
 }
 
 #[test]
 fn unknown_kind_exits_4() {
     let mut bad = frame_bytes(0, 1, b"x");
     bad[4] = 7;
-    read_bytes(&good_then(&bad), &[]).expect(4).expect_stderr("unknown kind 7");
+    read_bytes(&good_then(&bad), &[])
+        .expect(4)
+        .expect_stderr("unknown kind 7");
 }
 
 #[test]
@@ -141,35 +200,47 @@ fn length_0xfffffff0_is_refused_before_allocating() {
     // below the 4 GiB an allocation for this length would need.
     unsafe {
         cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 256 << 20, rlim_max: 256 << 20 };
-            if libc::setrlimit(libc::RLIMIT_AS, &raw const lim) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            let lim = libc::rlimit {
+                rlim_cur: 256 << 20,
+                rlim_max: 256 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &raw const lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         });
     }
     let mut r = Running::spawn(&mut cmd, LIMIT);
     r.write_stdin(&good_then(&bad));
     r.close_stdin();
     let r = r.finish();
-    r.expect(4).expect_stderr("length 4294967280 is above --max-frame 16777216");
+    r.expect(4)
+        .expect_stderr("length 4294967280 is above --max-frame 16777216");
     assert!(r.elapsed < PROMPT);
 }
 
 #[test]
 fn sequence_gap_exits_4() {
     let r = read_bytes(&good_then(&frame_bytes(0, 3, b"x")), &[]);
-    r.expect(4).expect_stderr("writer 0 seq 3: sequence gap: expected seq 1, 2 message(s) missing");
+    r.expect(4)
+        .expect_stderr("writer 0 seq 3: sequence gap: expected seq 1, 2 message(s) missing");
 }
 
 #[test]
 fn duplicate_frame_exits_4() {
     let r = read_bytes(&good_then(&frame_bytes(0, 0, b"first")), &[]);
-    r.expect(4).expect_stderr("duplicate: seq 0 arrived again (expected 1)");
+    r.expect(4)
+        .expect_stderr("duplicate: seq 0 arrived again (expected 1)");
     assert_eq!(r.stdout_text(), "first\n");
 }
 
 #[test]
 fn end_of_file_without_end_frame_is_a_vanished_writer_exit_3() {
     let mut s = good_then(&frame_bytes(0, 1, b"second"));
-    read_bytes(&s, &[]).expect(3).expect_stderr("pipe: writer 0 vanished after 2 of ? messages");
+    read_bytes(&s, &[])
+        .expect(3)
+        .expect_stderr("pipe: writer 0 vanished after 2 of ? messages");
     s.extend_from_slice(&end_bytes(0, 2));
     let ok = read_bytes(&s, &[]);
     ok.expect(0);
@@ -180,22 +251,32 @@ fn end_of_file_without_end_frame_is_a_vanished_writer_exit_3() {
 fn end_of_file_inside_a_frame_exits_3() {
     let whole = frame_bytes(0, 1, b"second frame");
     let r = read_bytes(&good_then(&whole[..30]), &[]);
-    r.expect(3).expect_stderr("writer 0 vanished after 1 of ? messages (end of file inside a frame (30 of 36 bytes))");
+    r.expect(3).expect_stderr(
+        "writer 0 vanished after 1 of ? messages (end of file inside a frame (30 of 36 bytes))",
+    );
 }
 
 #[test]
 fn count_mismatch_exits_4() {
     let mut s = good_then(&end_bytes(0, 1));
-    read_bytes(&s, &["--count", "2"]).expect(4).expect_stderr("expected --count 2 messages, the writers sent 1");
+    read_bytes(&s, &["--count", "2"])
+        .expect(4)
+        .expect_stderr("expected --count 2 messages, the writers sent 1");
     s = good_then(&frame_bytes(0, 1, b"x"));
-    read_bytes(&s, &["--count", "1"]).expect(4).expect_stderr("more than --count 1 messages");
+    read_bytes(&s, &["--count", "1"])
+        .expect(4)
+        .expect_stderr("more than --count 1 messages");
 }
 
 #[test]
 fn bad_flag_values_are_usage_errors_exit_2() {
     let dir = TestDir::new("pipe-usage");
     let cases: [(&str, &[&str], &str); 5] = [
-        (WRITER, &["--size", "5..2", "--count", "1"], "MIN 5 is above MAX 2"),
+        (
+            WRITER,
+            &["--size", "5..2", "--count", "1"],
+            "MIN 5 is above MAX 2",
+        ),
         (READER, &["--count", "abc"], "--count"),
         (WRITER, &["--bogus"], "Unrecognized argument: --bogus"),
         (WRITER, &["--size", "64"], "give --count N too"),
@@ -213,7 +294,11 @@ fn help_and_version_exit_0() {
     let dir = TestDir::new("pipe-help");
     let help = Running::spawn(dir.command(WRITER).arg("--help"), LIMIT).finish();
     help.expect(0);
-    assert!(help.stdout_text().contains("Examples:"), "{}", help.stdout_text());
+    assert!(
+        help.stdout_text().contains("Examples:"),
+        "{}",
+        help.stdout_text()
+    );
     let v = Running::spawn(dir.command(READER).arg("--version"), LIMIT).finish();
     v.expect(0);
     assert!(v.stdout_text().starts_with("pipe-reader 0."));
@@ -224,20 +309,35 @@ fn help_and_version_exit_0() {
 #[test]
 fn reader_that_exits_early_makes_the_writer_exit_3() {
     let dir = TestDir::new("pipe-early");
-    let (w, pipe) = Running::spawn_upstream(dir.command(WRITER).args(["--count", "1000000000", "--size", "4K"]), LIMIT);
-    let head = Running::spawn(Command::new("head").args(["-c", "100000"]).stdin(pipe), LIMIT).finish();
+    let (w, pipe) = Running::spawn_upstream(
+        dir.command(WRITER)
+            .args(["--count", "1000000000", "--size", "4K"]),
+        LIMIT,
+    );
+    let head = Running::spawn(
+        Command::new("head").args(["-c", "100000"]).stdin(pipe),
+        LIMIT,
+    )
+    .finish();
     head.expect(0);
     let w = w.finish();
-    w.expect(3).expect_stderr("pipe-writer: reader went away after ");
+    w.expect(3)
+        .expect_stderr("pipe-writer: reader went away after ");
 }
 
 #[test]
 fn writer_killed_mid_stream_makes_the_reader_exit_3() {
     let dir = TestDir::new("pipe-kill");
-    let (w, pipe) = Running::spawn_upstream(dir.command(WRITER).args(["--count", "1000000000", "--size", "1K"]), LIMIT);
+    let (w, pipe) = Running::spawn_upstream(
+        dir.command(WRITER)
+            .args(["--count", "1000000000", "--size", "1K"]),
+        LIMIT,
+    );
     let r = Running::spawn(dir.command(READER).args(["--quiet"]).stdin(pipe), LIMIT);
     let reader = r.pid();
-    wait_until("the reader to receive 1 MB", LIMIT, || bytes_read(reader) > 1 << 20);
+    wait_until("the reader to receive 1 MB", LIMIT, || {
+        bytes_read(reader) > 1 << 20
+    });
     w.kill(libc::SIGKILL);
     let r = r.finish();
     r.expect(3).expect_stderr("pipe: writer 0 vanished after ");
@@ -247,12 +347,17 @@ fn writer_killed_mid_stream_makes_the_reader_exit_3() {
 #[test]
 fn sigint_stops_a_waiting_reader_with_130() {
     let dir = TestDir::new("pipe-sigint");
-    let (w, pipe) = Running::spawn_upstream(Command::new("sleep").arg("30").stdin(Stdio::null()), LIMIT);
+    let (w, pipe) =
+        Running::spawn_upstream(Command::new("sleep").arg("30").stdin(Stdio::null()), LIMIT);
     let r = Running::spawn(dir.command(READER).stdin(pipe), LIMIT);
     // Wait until the reader is asleep in poll on its pipe, then interrupt it.
-    wait_until("the reader to wait", LIMIT, || wchan(r.pid()).contains("poll"));
+    wait_until("the reader to wait", LIMIT, || {
+        wchan(r.pid()).contains("poll")
+    });
     r.kill(libc::SIGINT);
-    r.finish().expect(130).expect_stderr("pipe-reader: interrupted by SIGINT");
+    r.finish()
+        .expect(130)
+        .expect_stderr("pipe-reader: interrupted by SIGINT");
     w.kill(libc::SIGKILL);
     drop(w.finish());
 }
@@ -277,7 +382,11 @@ fn pseudo_terminal() -> std::fs::File {
         // The master stays open (leaked) for the test's life, or the slave hangs up.
         CStr::from_ptr(name).to_string_lossy().into_owned()
     };
-    std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open pty slave")
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open pty slave")
 }
 
 #[test]
@@ -286,11 +395,24 @@ fn a_terminal_is_refused_where_a_pipe_belongs() {
     let tty = pseudo_terminal();
     // stdout a terminal: pipe-writer refuses (its frames would garble the screen).
     let mut cmd = Command::new(WRITER);
-    cmd.env("XDG_RUNTIME_DIR", dir.root()).stdin(Stdio::null()).stdout(tty.try_clone().expect("dup"));
-    let out = cmd.stderr(Stdio::piped()).output().expect("run pipe-writer");
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("standard output is a terminal, not a pipe"));
+    cmd.env("XDG_RUNTIME_DIR", dir.root())
+        .stdin(Stdio::null())
+        .stdout(tty.try_clone().expect("dup"));
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run pipe-writer");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("standard output is a terminal, not a pipe")
+    );
     // stdin a terminal: pipe-reader refuses.
     let r = Running::spawn(dir.command(READER).stdin(tty), LIMIT).finish();
-    r.expect(2).expect_stderr("standard input is a terminal, not a pipe; run: pipe-writer | pipe-reader");
+    r.expect(2)
+        .expect_stderr("standard input is a terminal, not a pipe; run: pipe-writer | pipe-reader");
 }

@@ -1,0 +1,121 @@
+//! ipc-clean finds what a killed run left in each namespace, and removes it.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::process::Stdio;
+
+use ipc_common::testkit::{LIMIT, Outcome, Running, TestDir, unique};
+
+const CLEAN: &str = env!("CARGO_BIN_EXE_ipc-clean");
+
+fn clean(dir: &TestDir, args: &[&str]) -> Outcome {
+    Running::spawn(dir.command(CLEAN).args(args).stdin(Stdio::null()), LIMIT).finish()
+}
+
+/// A leftover of each kind the private directory can hold.
+#[test]
+fn lists_and_removes_leftovers_in_the_private_directory() {
+    let dir = TestDir::new("clean-dir");
+    let private = dir.private();
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .expect("mkdir");
+    let fifo = private.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    fs::write(private.join("lock"), b"").expect("lock file");
+
+    let listed = clean(&dir, &["--check"]);
+    listed
+        .expect(1)
+        .expect_stderr("2 objects of ours left; remove with: ipc-clean --remove");
+    let text = listed.stdout_text();
+    assert!(
+        text.contains(&format!("fifo               {}", fifo.display())),
+        "{text}"
+    );
+    assert!(text.contains(&format!("(rm {})", fifo.display())), "{text}");
+    clean(&dir, &[]).expect(0); // listing without --check is not a failure
+
+    clean(&dir, &["--remove"])
+        .expect(0)
+        .expect_stderr(&format!("removed fifo {}", fifo.display()));
+    assert!(!private.exists(), "the empty private directory goes too");
+    clean(&dir, &["--check"])
+        .expect(0)
+        .expect_stderr("nothing of ours left");
+}
+
+/// A System V queue whose key `ftok` made from a file in the private directory.
+#[test]
+fn lists_and_removes_a_sysv_queue_keyed_from_the_private_directory() {
+    let dir = TestDir::new("clean-sysv");
+    let private = dir.private();
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .expect("mkdir");
+    let keyfile = private.join("mq.key");
+    fs::write(&keyfile, b"").expect("key file");
+    let path = CString::new(keyfile.as_os_str().as_bytes()).expect("path");
+    // SAFETY: ftok reads the path; msgget creates a queue we remove below (or ipc-clean does).
+    let id = unsafe {
+        let key = libc::ftok(path.as_ptr(), 0x51);
+        assert_ne!(key, -1);
+        libc::msgget(key, libc::IPC_CREAT | libc::IPC_EXCL | 0o600)
+    };
+    assert!(id >= 0, "msgget: {}", std::io::Error::last_os_error());
+
+    let listed = clean(&dir, &["--check"]);
+    listed.expect(1);
+    assert!(
+        listed.stdout_text().contains(&format!("(ipcrm -q {id})")),
+        "{}",
+        listed.stdout_text()
+    );
+    clean(&dir, &["--remove"])
+        .expect(0)
+        .expect_stderr("removed sysv msg queue key 0x51");
+    // SAFETY: IPC_STAT into a zeroed msqid_ds owned by this frame.
+    let gone = unsafe {
+        let mut ds: libc::msqid_ds = std::mem::zeroed();
+        libc::msgctl(id, libc::IPC_STAT, &raw mut ds) == -1
+    };
+    assert!(gone, "queue {id} still exists");
+}
+
+/// POSIX shared memory and named semaphores show up under /dev/shm by our prefix.
+#[test]
+fn lists_and_removes_our_names_in_dev_shm_and_ignores_others() {
+    let dir = TestDir::new("clean-shm");
+    let ours = format!("/dev/shm{}", dir.posix_name("shm"));
+    let sem = format!("/dev/shm/sem.{}", &dir.posix_name("sem")[1..]);
+    let theirs = format!("/dev/shm/not-ours-{}", unique("test"));
+    for p in [&ours, &sem, &theirs] {
+        fs::write(p, b"x").expect("create in /dev/shm");
+    }
+    let listed = clean(&dir, &[]);
+    let text = listed.stdout_text();
+    assert!(
+        text.contains(&format!("posix shm          {ours}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("posix semaphore    {sem}")),
+        "{text}"
+    );
+    assert!(!text.contains(&theirs), "{text}");
+    clean(&dir, &["--remove"]).expect(0);
+    assert!(!std::path::Path::new(&ours).exists() && !std::path::Path::new(&sem).exists());
+    assert!(
+        std::path::Path::new(&theirs).exists(),
+        "not ours: untouched"
+    );
+    fs::remove_file(&theirs).expect("cleanup");
+}

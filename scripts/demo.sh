@@ -1,0 +1,52 @@
+#!/bin/sh
+# Runs every pair once, small, and prints one line per mechanism: whether the two
+# summary digests agree, and the commands to paste into two terminals.
+# Usage: sh scripts/demo.sh [BIN_DIR]      (make demo)
+set -u
+B=${1:-target/release}
+tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+failed=0
+
+# digest FILE: the digest of the last summary line in FILE
+digest() { sed -n 's/.*digest \([0-9a-f]\{8\}\)$/\1/p' "$1" | tail -n 1; }
+# counts FILE: "N messages, B bytes" of the last summary line
+counts() { sed -n 's/.*: \(sent\|received\) \([0-9]* messages, [0-9]* bytes\).*/\2/p' "$1" | tail -n 1; }
+
+# report NAME STATUS COMMANDS: one line; on failure, what each side said
+report() {
+    w=$(digest "$tmp/w"); r=$(digest "$tmp/r")
+    if [ "$2" = 0 ] && [ -n "$w" ] && [ "$w" = "$r" ]; then
+        printf '%-7s ok    %-30s digest %s   $ %s\n' "$1" "$(counts "$tmp/r")" "$r" "$3"
+    else
+        printf '%-7s FAIL  $ %s\n' "$1" "$3"
+        sed 's/^/        /' "$tmp/w" "$tmp/r"
+        failed=1
+    fi
+}
+
+# pipe: the shell makes the pipe.
+"$B/pipe-writer" --count 1000 --size 0..4K 2>"$tmp/w" | "$B/pipe-reader" --count 1000 2>"$tmp/r"
+report pipe $? "pipe-writer --count 1000 --size 0..4K | pipe-reader --count 1000"
+
+# pipe --spawn: pipe2 + fork + exec; both summaries on one stderr.
+"$B/pipe-writer" --spawn --count 1000 --size 0..4K 2>"$tmp/both"
+st=$?
+grep '^pipe-writer' "$tmp/both" >"$tmp/w"; grep '^pipe-reader' "$tmp/both" >"$tmp/r"
+report spawn $st "pipe-writer --spawn --count 1000 --size 0..4K"
+
+# pipe-duplex: two pipes, parent and child; digests of both directions.
+"$B/pipe-duplex" --count 2000 2>"$tmp/both"
+st=$?
+grep '^pipe-duplex: sent' "$tmp/both" >"$tmp/w"; grep '^pipe-duplex child' "$tmp/both" >"$tmp/r"
+report duplex $st "pipe-duplex --count 2000   ($(sed -n 's/.*round trips of [0-9]* bytes: \(p50 [^,]*\).*/\1/p' "$tmp/both") a round trip)"
+
+# fifo: the reader makes the FIFO; the writer waits for it (no sleep needed).
+"$B/fifo-reader" --count 1000 --timeout 10 2>"$tmp/r" &
+reader=$!
+"$B/fifo-writer" --count 1000 --size 0..4K 2>"$tmp/w"
+st=$?
+wait $reader || st=1
+report fifo $st "fifo-reader --count 1000   and   fifo-writer --count 1000 --size 0..4K"
+
+exit $failed
