@@ -136,6 +136,19 @@ pub trait VersionFlag {
     fn version(&self) -> bool;
 }
 
+/// The whole `main` of a binary: parse the command line (exit 0 after `--help`
+/// or `--version`, 2 on a usage error), call `run`, and turn its result into the
+/// exit status, printing any error as one line ([`crate::error::report`]).
+pub fn main<T: argh::FromArgs + VersionFlag>(
+    bin: &str,
+    run: impl FnOnce(&T) -> Result<()>,
+) -> ExitCode {
+    match parse::<T>(bin) {
+        Ok(args) => crate::error::report(bin, run(&args)),
+        Err(code) => code,
+    }
+}
+
 /// Parses the command line: `Ok(args)`, or the exit code after `--help`,
 /// `--version` (0) or a usage error (2, one line on standard error).
 pub fn parse<T: argh::FromArgs + VersionFlag>(bin: &str) -> std::result::Result<T, ExitCode> {
@@ -176,7 +189,7 @@ pub fn parse<T: argh::FromArgs + VersionFlag>(bin: &str) -> std::result::Result<
 
 /// Adds the shared writer options to a binary's own: see [`crate::opts`].
 ///
-/// ```ignore
+/// ```text
 /// ipc_common::writer_args! {
 ///     /// Send frames down a pipe.
 ///     #[argh(example = "pipe-writer --count 1000 | pipe-reader")]

@@ -26,7 +26,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::PollFlags;
 use nix::sys::uio::writev;
-use nix::unistd::{read, write};
+use nix::unistd::{isatty, read, write};
 
 use crate::driver::{FrameSink, FrameSource};
 use crate::error::{Context, Error, Result};
@@ -324,26 +324,36 @@ impl<F: AsFd> Drop for StreamSource<F> {
 
 /// `--raw`: copies bytes from `input` to `output` as they are, no framing.
 ///
-/// Returns the byte count and digest for the summary line. Both descriptors are
-/// waited on with `poll` (made non-blocking for the copy, flags restored after),
-/// so this is what `cat` does, interruptible.
+/// Returns the byte count and digest for the summary line. Reads wait in `poll`
+/// first, so Ctrl-C works while the input is quiet. The input's flags are never
+/// changed, nor a terminal's: those are shared with the shell, and a process
+/// killed before putting them back would leave the shell's own reads failing.
 pub fn pump_raw(
+    bin: &str,
+    verb: &str,
     input: BorrowedFd<'_>,
     output: BorrowedFd<'_>,
     what: &str,
-) -> Result<(u64, Digest)> {
-    let saved_in = set_nonblocking(input)?;
-    let saved_out = set_nonblocking(output)?;
+) -> Result<u64> {
+    let saved = if isatty(output).unwrap_or(false) {
+        None
+    } else {
+        Some(set_nonblocking(output)?)
+    };
     let result = pump(input, output, what);
-    restore_flags(input, saved_in);
-    restore_flags(output, saved_out);
-    result
+    if let Some(saved) = saved {
+        restore_flags(output, saved);
+    }
+    let (bytes, digest) = result?;
+    crate::say!("{bin}: {verb} {bytes} bytes (raw), digest {digest}");
+    Ok(bytes)
 }
 
 fn pump(input: BorrowedFd<'_>, output: BorrowedFd<'_>, what: &str) -> Result<(u64, Digest)> {
     let mut buf = vec![0u8; STREAM_BUFFER];
     let (mut bytes, mut digest) = (0u64, Digest::new());
     loop {
+        wait_fd(input, PollFlags::POLLIN, &Deadline::never(), || Ok(()))?;
         match read(input, &mut buf) {
             Ok(0) => return Ok((bytes, digest)),
             Ok(n) => {
@@ -366,10 +376,7 @@ fn pump(input: BorrowedFd<'_>, output: BorrowedFd<'_>, what: &str) -> Result<(u6
                     }
                 }
             }
-            Err(Errno::EAGAIN) => {
-                wait_fd(input, PollFlags::POLLIN, &Deadline::never(), || Ok(()))?;
-            }
-            Err(Errno::EINTR) => signals::check()?,
+            Err(Errno::EAGAIN | Errno::EINTR) => signals::check()?,
             Err(e) => return Err(Error::errno(format!("read {what}"), e)),
         }
     }

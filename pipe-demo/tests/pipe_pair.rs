@@ -32,7 +32,13 @@ fn read_bytes(bytes: &[u8], args: &[&str]) -> ipc_common::testkit::Outcome {
     let mut r = Running::spawn(dir.command(READER).args(args).stdin(Stdio::piped()), LIMIT);
     r.write_stdin(bytes);
     r.close_stdin();
-    r.finish()
+    let out = r.finish();
+    assert!(
+        out.elapsed < PROMPT,
+        "bad input must be refused at once, took {:?}",
+        out.elapsed
+    );
+    out
 }
 
 #[test]

@@ -26,7 +26,7 @@ use std::process::ExitCode;
 
 use fifo_demo::{FifoSource, create_fifo, default_path, set_pipe_size, wait_for_writer};
 use ipc_common::driver::run_reader;
-use ipc_common::error::{Result, report};
+use ipc_common::error::Result;
 use ipc_common::opts::{self, Bytes, ReaderArgs};
 use ipc_common::stream::pump_raw;
 use ipc_common::wait::Deadline;
@@ -58,11 +58,7 @@ ipc_common::reader_args! {
 }
 
 fn main() -> ExitCode {
-    let args: Args = match opts::parse(BIN) {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    report(BIN, run(&args))
+    opts::main(BIN, run)
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -93,8 +89,7 @@ fn run(args: &Args) -> Result<()> {
             &Deadline::after(common.timeout()),
             common.timeout(),
         )?;
-        let (bytes, digest) = pump_raw(fd.as_fd(), stdout().as_fd(), "FIFO")?;
-        ipc_common::say!("{BIN}: received {bytes} bytes (raw), digest {digest}");
+        pump_raw(BIN, "received", fd.as_fd(), stdout().as_fd(), "FIFO")?;
         return Ok(());
     }
     // 2. Read frames from each writer until --writers end frames have come.

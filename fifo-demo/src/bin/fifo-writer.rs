@@ -24,7 +24,7 @@ use std::process::ExitCode;
 
 use fifo_demo::{FifoSink, default_path, open_writer, set_pipe_size};
 use ipc_common::driver::run_writer;
-use ipc_common::error::{Result, report};
+use ipc_common::error::Result;
 use ipc_common::opts::{self, Bytes, WriterArgs};
 use ipc_common::signals;
 use ipc_common::stream::pump_raw;
@@ -49,11 +49,7 @@ ipc_common::writer_args! {
 }
 
 fn main() -> ExitCode {
-    let args: Args = match opts::parse(BIN) {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    report(BIN, run(&args))
+    opts::main(BIN, run)
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -71,8 +67,7 @@ fn run(args: &Args) -> Result<()> {
         set_pipe_size(fd.as_fd(), bytes)?;
     }
     if args.raw {
-        let (bytes, digest) = pump_raw(stdin().as_fd(), fd.as_fd(), "FIFO")?;
-        ipc_common::say!("{BIN}: sent {bytes} bytes (raw), digest {digest}");
+        pump_raw(BIN, "sent", stdin().as_fd(), fd.as_fd(), "FIFO")?;
         return Ok(());
     }
     // 2. One writev per frame, then the end frame; closing the descriptor is our EOF.

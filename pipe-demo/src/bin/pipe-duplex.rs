@@ -22,7 +22,7 @@ use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 use ipc_common::driver::{ReaderOpts, WriterOpts, micros, run_echo_client, run_echo_server};
-use ipc_common::error::{Result, report};
+use ipc_common::error::Result;
 use ipc_common::frame::DEFAULT_MAX_FRAME;
 use ipc_common::opts::{self, WriterArgs};
 use ipc_common::signals;
@@ -43,11 +43,7 @@ ipc_common::writer_args! {
 }
 
 fn main() -> ExitCode {
-    let args: Args = match opts::parse(BIN) {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    report(BIN, run(&args))
+    opts::main(BIN, run)
 }
 
 fn run(args: &Args) -> Result<()> {

@@ -21,7 +21,7 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use ipc_common::driver::run_reader;
-use ipc_common::error::{Result, report};
+use ipc_common::error::Result;
 use ipc_common::opts::{self, Bytes, ReaderArgs};
 use ipc_common::signals;
 use ipc_common::stream::{StreamSource, pump_raw};
@@ -44,11 +44,7 @@ ipc_common::reader_args! {
 }
 
 fn main() -> ExitCode {
-    let args: Args = match opts::parse(BIN) {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    report(BIN, run(&args))
+    opts::main(BIN, run)
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -62,8 +58,7 @@ fn run(args: &Args) -> Result<()> {
         set_pipe_size(input.as_fd(), bytes)?;
     }
     if args.raw {
-        let (bytes, digest) = pump_raw(input.as_fd(), stdout().as_fd(), "pipe")?;
-        ipc_common::say!("{BIN}: received {bytes} bytes (raw), digest {digest}");
+        pump_raw(BIN, "received", input.as_fd(), stdout().as_fd(), "pipe")?;
         return Ok(());
     }
     refuse_terminal(input.as_fd(), "standard input", "pipe-writer | pipe-reader")?;

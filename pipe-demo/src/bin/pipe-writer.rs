@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitCode;
 
 use ipc_common::driver::run_writer;
-use ipc_common::error::{Result, report};
+use ipc_common::error::Result;
 use ipc_common::opts::{self, Bytes, WriterArgs};
 use ipc_common::signals;
 use ipc_common::stream::{StreamSink, WritePolicy, pump_raw};
@@ -49,11 +49,7 @@ ipc_common::writer_args! {
 }
 
 fn main() -> ExitCode {
-    let args: Args = match opts::parse(BIN) {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    report(BIN, run(&args))
+    opts::main(BIN, run)
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -96,8 +92,7 @@ fn send(args: &Args, out: BorrowedFd<'_>, opts: &ipc_common::driver::WriterOpts)
         set_pipe_size(out, bytes)?;
     }
     if args.raw {
-        let (bytes, digest) = pump_raw(stdin().as_fd(), out, "pipe")?;
-        ipc_common::say!("{BIN}: sent {bytes} bytes (raw), digest {digest}");
+        pump_raw(BIN, "sent", stdin().as_fd(), out, "pipe")?;
         return Ok(());
     }
     // Gather small frames into writes of a quarter pipe: one system call per
