@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | private directory | its entries | all of them |
 //! | POSIX shm and named semaphores | `/dev/shm` | `ipc-demos.<uid>.*`, `sem.ipc-demos.<uid>.*`, owned by us |
-//! | POSIX message queues | `/dev/mqueue` when mounted | `ipc-demos.<uid>.*`, owned by us |
+//! | POSIX message queues | `/dev/mqueue` when mounted; else the default name and the names our lock files record | `ipc-demos.<uid>.*`, or recorded, owned by us |
 //! | System V msg, shm, sem | `/proc/sysvipc/*` | owned by us, key made by `ftok` from a file in the private directory |
 //!
 //! # Pitfalls
@@ -21,10 +21,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::sys::stat::{SFlag, lstat};
+use nix::mqueue::{MQ_OFlag, mq_close, mq_open, mq_unlink};
+use nix::sys::stat::{Mode, SFlag, fstat, lstat};
 
 use crate::error::{Context, Error, Result};
+use crate::liveness::READER_SUFFIX;
 use crate::paths::{self, file_kind, uid};
+
+/// Lock-file kind of POSIX message queues (see [`paths::posix_lock_base`]).
+pub const MQ_POSIX: &str = "mq-posix";
 
 /// Where POSIX shared memory and named semaphores appear as files.
 pub const DEV_SHM: &str = "/dev/shm";
@@ -75,6 +80,8 @@ enum Removal {
     Unlink(PathBuf),
     /// A System V object by id.
     Sysv(SysvKind, i32),
+    /// A POSIX message queue by name (no file to unlink without /dev/mqueue).
+    MqUnlink(String),
 }
 
 /// One object of ours that is still there.
@@ -94,6 +101,7 @@ impl Leftover {
         match &self.how {
             Removal::Unlink(p) => format!("rm {}", p.display()),
             Removal::Sysv(kind, id) => format!("ipcrm {} {id}", kind.ipcrm_flag()),
+            Removal::MqUnlink(_) => "ipc-clean --remove".to_string(),
         }
     }
 
@@ -105,6 +113,11 @@ impl Leftover {
                 r => r.context(|| format!("unlink {}", p.display())),
             },
             Removal::Sysv(kind, id) => remove_sysv(*kind, *id),
+            // mq_unlink: the queue goes once the last descriptor to it closes.
+            Removal::MqUnlink(name) => match mq_unlink(name.as_str()) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(e) => Err(Error::errno(format!("mq_unlink {name}"), e)),
+            },
         }
     }
 }
@@ -154,6 +167,7 @@ pub fn scan_with(dir: &Path, prefix: &str) -> Result<Vec<Leftover>> {
         &format!("{prefix}.{}.", uid()),
         "posix queue",
     )?);
+    found.extend(scan_posix_queues(dir, prefix)?);
     let keys = ftok_suffixes(dir)?;
     for kind in [SysvKind::Msg, SysvKind::Shm, SysvKind::Sem] {
         found.extend(scan_sysv(kind, &keys)?);
@@ -209,6 +223,33 @@ fn scan_prefixed(dir: &Path, prefix: &str, kind: &'static str) -> Result<Vec<Lef
                 name: path.display().to_string(),
                 how: Removal::Unlink(path),
             });
+        }
+    }
+    Ok(found)
+}
+
+/// POSIX queues, found without /dev/mqueue: the default name, and every name a
+/// reader's lock file in `dir` records (`mq-posix.<name>.reader.lock`).
+fn scan_posix_queues(dir: &Path, prefix: &str) -> Result<Vec<Leftover>> {
+    let mut names = vec![format!("/{prefix}.{}.mq", uid())];
+    let base = format!("{MQ_POSIX}.");
+    for path in entries(dir)? {
+        let Some(file) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if let Some(name) = file.strip_prefix(&base).and_then(|r| r.strip_suffix(READER_SUFFIX)) {
+            names.push(format!("/{name}"));
+        }
+    }
+    names.sort();
+    names.dedup();
+    let mut found = Vec::new();
+    for name in names {
+        let flags = MQ_OFlag::O_RDONLY | MQ_OFlag::O_NONBLOCK | MQ_OFlag::O_CLOEXEC;
+        // mq_open only to look: does it exist, and is it ours?
+        let Ok(mqd) = mq_open(name.as_str(), flags, Mode::empty(), None) else { continue };
+        let ours = fstat(&mqd).is_ok_and(|st| st.st_uid == uid());
+        let _ = mq_close(mqd);
+        if ours {
+            found.push(Leftover { kind: "posix queue", name: name.clone(), how: Removal::MqUnlink(name) });
         }
     }
     Ok(found)

@@ -32,6 +32,7 @@ pub mod clean;
 pub mod driver;
 pub mod error;
 pub mod frame;
+pub mod liveness;
 pub mod opts;
 pub mod paths;
 pub mod payload;

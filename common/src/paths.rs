@@ -110,6 +110,14 @@ pub fn posix_name(mech: &str) -> String {
     format!("/{}.{}.{mech}", name_prefix(), uid())
 }
 
+/// The lock-file base for a POSIX-named object (`mq-posix.my-queue` for queue
+/// `/my-queue`): lock files live beside nothing in the kernel's namespace, so
+/// this is also how `ipc-clean` recovers the names of queues to look for.
+#[must_use]
+pub fn posix_lock_base(kind: &str, name: &str) -> String {
+    format!("{kind}.{}", name.trim_start_matches('/'))
+}
+
 /// Refuses a POSIX IPC name the kernel would reject, before any system call (exit 2).
 pub fn check_posix_name(flag: &str, name: &str) -> Result<()> {
     let Some(rest) = name.strip_prefix('/') else {

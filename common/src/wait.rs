@@ -93,3 +93,42 @@ pub fn pause(deadline: &Deadline, step: Duration) -> Result<()> {
     std::thread::sleep(deadline.step(step));
     signals::check()
 }
+
+/// A SIGALRM every [`TICK`], for the blocking calls that take no timeout.
+///
+/// System V `msgsnd` and `msgrcv` can block forever and have no timed variant.
+/// The kernel never restarts them after a signal handler ran (signal(7)), so a
+/// periodic SIGALRM with a no-op handler makes them return `EINTR` at least once
+/// a tick: the caller then checks the stop flag and its peer, and calls again.
+/// This is TLPI's "timed_read" technique (an alarm around a blocking call),
+/// made periodic. Dropping the ticker disarms the timer.
+#[derive(Debug)]
+pub struct Ticker(());
+
+static TICKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Ticker {
+    /// Installs the SIGALRM handler and arms `ITIMER_REAL` to fire every tick.
+    pub fn start() -> Result<Ticker> {
+        signal_hook::flag::register(libc::SIGALRM, &TICKS).context(|| "sigaction SIGALRM")?;
+        set_timer(TICK)?;
+        Ok(Ticker(()))
+    }
+}
+
+fn set_timer(every: Duration) -> Result<()> {
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(every.as_secs()).unwrap_or(0),
+        tv_usec: libc::suseconds_t::from(every.subsec_micros()),
+    };
+    let timer = libc::itimerval { it_interval: tv, it_value: tv };
+    // SAFETY: setitimer reads the struct we pass and writes no old value (null).
+    let rc = unsafe { libc::setitimer(libc::ITIMER_REAL, &raw const timer, std::ptr::null_mut()) };
+    Errno::result(rc).map(drop).context(|| "setitimer ITIMER_REAL")
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        let _ = set_timer(Duration::ZERO);
+    }
+}

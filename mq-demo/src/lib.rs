@@ -1,0 +1,1 @@
+//! mq-demo: work in progress.

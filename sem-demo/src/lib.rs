@@ -1,0 +1,1 @@
+//! sem-demo: work in progress.

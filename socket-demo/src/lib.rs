@@ -1,0 +1,1 @@
+//! socket-demo: work in progress.
