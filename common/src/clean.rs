@@ -234,8 +234,13 @@ fn scan_posix_queues(dir: &Path, prefix: &str) -> Result<Vec<Leftover>> {
     let mut names = vec![format!("/{prefix}.{}.mq", uid())];
     let base = format!("{MQ_POSIX}.");
     for path in entries(dir)? {
-        let Some(file) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        if let Some(name) = file.strip_prefix(&base).and_then(|r| r.strip_suffix(READER_SUFFIX)) {
+        let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(name) = file
+            .strip_prefix(&base)
+            .and_then(|r| r.strip_suffix(READER_SUFFIX))
+        {
             names.push(format!("/{name}"));
         }
     }
@@ -245,11 +250,17 @@ fn scan_posix_queues(dir: &Path, prefix: &str) -> Result<Vec<Leftover>> {
     for name in names {
         let flags = MQ_OFlag::O_RDONLY | MQ_OFlag::O_NONBLOCK | MQ_OFlag::O_CLOEXEC;
         // mq_open only to look: does it exist, and is it ours?
-        let Ok(mqd) = mq_open(name.as_str(), flags, Mode::empty(), None) else { continue };
+        let Ok(mqd) = mq_open(name.as_str(), flags, Mode::empty(), None) else {
+            continue;
+        };
         let ours = fstat(&mqd).is_ok_and(|st| st.st_uid == uid());
         let _ = mq_close(mqd);
         if ours {
-            found.push(Leftover { kind: "posix queue", name: name.clone(), how: Removal::MqUnlink(name) });
+            found.push(Leftover {
+                kind: "posix queue",
+                name: name.clone(),
+                how: Removal::MqUnlink(name),
+            });
         }
     }
     Ok(found)

@@ -189,11 +189,15 @@ impl Received {
         self.writers.iter().map(|w| w.tally.bytes).sum()
     }
 
-    fn ended(&self) -> usize {
+    /// Writers whose end frame arrived.
+    #[must_use]
+    pub fn ended(&self) -> usize {
         self.writers.iter().filter(|w| w.ended).count()
     }
 
-    fn active(&self) -> Option<&WriterState> {
+    /// A writer that started and has not ended, if any.
+    #[must_use]
+    pub fn active(&self) -> Option<&WriterState> {
         self.writers.iter().find(|w| !w.ended)
     }
 
@@ -214,18 +218,37 @@ impl Received {
     }
 }
 
-/// The reader's checks, stream by stream; see the module documentation.
+/// The reader's checks (see the module documentation), for [`run_reader`] and for
+/// mechanisms whose topology needs a loop of their own (a server with one
+/// connection per writer can keep one `Validator` per connection, say).
 #[derive(Debug)]
-struct Checker<'a> {
+pub struct Validator<'a> {
     mech: &'a str,
     opts: &'a ReaderOpts,
     got: Received,
     frames: u64,
 }
 
-impl Checker<'_> {
-    /// Checks one frame; on success it is counted and may be printed.
-    fn accept(&mut self, frame: &Frame<'_>) -> Result<Kind> {
+impl<'a> Validator<'a> {
+    /// A fresh validator; `mech` names the mechanism in every message.
+    #[must_use]
+    pub fn new(mech: &'a str, opts: &'a ReaderOpts) -> Self {
+        Validator {
+            mech,
+            opts,
+            got: Received::default(),
+            frames: 0,
+        }
+    }
+
+    /// What was accepted so far.
+    #[must_use]
+    pub fn received(&self) -> &Received {
+        &self.got
+    }
+
+    /// Checks one frame; on success it is counted (and the caller may print it).
+    pub fn accept(&mut self, frame: &Frame<'_>) -> Result<Kind> {
         self.frames += 1;
         let h = frame.header;
         let mech = self.mech;
@@ -269,12 +292,15 @@ impl Checker<'_> {
         Ok(h.kind)
     }
 
-    fn done(&self) -> bool {
+    /// Whether `--writers` end frames have arrived.
+    #[must_use]
+    pub fn done(&self) -> bool {
         self.got.ended() >= usize::from(self.opts.writers)
     }
 
-    /// "writer 0 vanished after 812 of ? messages".
-    fn vanished(&self, w: &WriterState, why: &str) -> Error {
+    /// "writer 0 vanished after 812 of ? messages (why)".
+    #[must_use]
+    pub fn vanished(&self, w: &WriterState, why: &str) -> Error {
         let of = match (self.opts.count, self.opts.writers) {
             (Some(c), 1) => c.to_string(),
             _ => "?".into(),
@@ -286,7 +312,8 @@ impl Checker<'_> {
     }
 
     /// Adds the stream position and writer to an error from the source.
-    fn explain(&self, err: Error) -> Error {
+    #[must_use]
+    pub fn explain(&self, err: Error) -> Error {
         match err.exit() {
             Exit::BadData => Error::bad_data(format!(
                 "{}: frame #{}: {}",
@@ -302,8 +329,9 @@ impl Checker<'_> {
         }
     }
 
-    /// The stream ended (every writer closed it): vanished, finished, or wait for more?
-    fn at_end_of_stream(&self) -> Result<()> {
+    /// The stream ended (every writer closed it): an error if a writer vanished
+    /// without its end frame, or none ever came; `Ok` if more may be awaited.
+    pub fn at_end_of_stream(&self) -> Result<()> {
         if let Some(w) = self.got.active() {
             return Err(self.vanished(w, "end of file without an end frame"));
         }
@@ -316,7 +344,8 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn finish(self) -> Result<Received> {
+    /// Final `--count` check; the per-writer results.
+    pub fn finish(self) -> Result<Received> {
         if let Some(c) = self.opts.count {
             let got = self.got.messages();
             if got != c {
@@ -338,12 +367,7 @@ pub fn run_reader(
     source: &mut impl FrameSource,
     opts: &ReaderOpts,
 ) -> Result<Received> {
-    let mut check = Checker {
-        mech,
-        opts,
-        got: Received::default(),
-        frames: 0,
-    };
+    let mut check = Validator::new(mech, opts);
     let mut out = std::io::stdout().lock();
     while !check.done() {
         signals::check()?;
@@ -464,12 +488,7 @@ pub fn run_echo_server(
     sink: &mut impl FrameSink,
     opts: &ReaderOpts,
 ) -> Result<Received> {
-    let mut check = Checker {
-        mech,
-        opts,
-        got: Received::default(),
-        frames: 0,
-    };
+    let mut check = Validator::new(mech, opts);
     loop {
         signals::check()?;
         match source.recv() {

@@ -71,7 +71,10 @@ fn try_lock(fd: &OwnedFd, kind: i32, path: &Path) -> Result<bool> {
     match fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)) {
         Ok(_) => Ok(true),
         Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
-        Err(e) => Err(Error::errno(format!("fcntl F_OFD_SETLK {}", path.display()), e)),
+        Err(e) => Err(Error::errno(
+            format!("fcntl F_OFD_SETLK {}", path.display()),
+            e,
+        )),
     }
 }
 
@@ -103,7 +106,10 @@ fn open_lock_file(path: &Path, create: bool) -> Result<Option<(OwnedFd, FileStat
     };
     let st = fstat(&fd).context(|| format!("fstat {}", path.display()))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(Error::system(format!("{} is not a regular file; refusing to use it", path.display())));
+        return Err(Error::system(format!(
+            "{} is not a regular file; refusing to use it",
+            path.display()
+        )));
     }
     check_ours(&st, &format!("lock file {}", path.display()))?;
     Ok(Some((fd, st)))
@@ -130,7 +136,9 @@ impl ReaderPresence {
         let reader_path = reader_lock_path(dir, base);
         let writers_path = writers_lock_path(dir, base);
         loop {
-            let Some((reader, rst)) = open_lock_file(&reader_path, true)? else { continue };
+            let Some((reader, rst)) = open_lock_file(&reader_path, true)? else {
+                continue;
+            };
             if !try_lock(&reader, libc::F_WRLCK, &reader_path)? {
                 return Err(Error::system(format!("{what} is in use by another reader"))
                     .hint("stop that reader first, or pick another name"));
@@ -141,7 +149,9 @@ impl ReaderPresence {
                 Ok(m) if std::os::unix::fs::MetadataExt::ino(&m) == rst.st_ino => {}
                 _ => continue,
             }
-            let Some((writers, wst)) = open_lock_file(&writers_path, true)? else { continue };
+            let Some((writers, wst)) = open_lock_file(&writers_path, true)? else {
+                continue;
+            };
             return Ok(ReaderPresence {
                 reader,
                 writers,
@@ -198,12 +208,23 @@ impl WriterPresence {
     pub fn join(dir: &Path, base: &str) -> Result<Option<Self>> {
         let reader_path = reader_lock_path(dir, base);
         let writers_path = writers_lock_path(dir, base);
-        let Some((reader, _)) = open_lock_file(&reader_path, false)? else { return Ok(None) };
-        let Some((writers, _)) = open_lock_file(&writers_path, false)? else { return Ok(None) };
+        let Some((reader, _)) = open_lock_file(&reader_path, false)? else {
+            return Ok(None);
+        };
+        let Some((writers, _)) = open_lock_file(&writers_path, false)? else {
+            return Ok(None);
+        };
         if !try_lock(&writers, libc::F_RDLCK, &writers_path)? {
-            return Err(Error::system(format!("{} is locked for writing by someone", writers_path.display())));
+            return Err(Error::system(format!(
+                "{} is locked for writing by someone",
+                writers_path.display()
+            )));
         }
-        Ok(Some(WriterPresence { reader, _writers: writers, reader_path }))
+        Ok(Some(WriterPresence {
+            reader,
+            _writers: writers,
+            reader_path,
+        }))
     }
 
     /// Whether the reader still holds its lock.
@@ -222,7 +243,8 @@ mod tests {
     use super::*;
 
     fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ipc-demos-liveness-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("ipc-demos-liveness-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir(&dir).unwrap();
         fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
@@ -234,10 +256,16 @@ mod tests {
     #[test]
     fn each_side_sees_the_other_come_and_go() {
         let dir = scratch("roles");
-        assert!(WriterPresence::join(&dir, "q").unwrap().is_none(), "no reader yet");
+        assert!(
+            WriterPresence::join(&dir, "q").unwrap().is_none(),
+            "no reader yet"
+        );
         let reader = ReaderPresence::claim(&dir, "q", "queue q").unwrap();
         let err = ReaderPresence::claim(&dir, "q", "queue q").unwrap_err();
-        assert_eq!(err.message(), "queue q is in use by another reader; stop that reader first, or pick another name");
+        assert_eq!(
+            err.message(),
+            "queue q is in use by another reader; stop that reader first, or pick another name"
+        );
         assert!(!reader.writers_present().unwrap());
 
         let writer = WriterPresence::join(&dir, "q").unwrap().unwrap();
@@ -252,7 +280,10 @@ mod tests {
         let writer = WriterPresence::join(&dir, "q").unwrap().unwrap();
         drop(reader);
         assert!(!writer.reader_present().unwrap());
-        assert!(!reader_lock_path(&dir, "q").exists(), "the reader removes its lock files");
+        assert!(
+            !reader_lock_path(&dir, "q").exists(),
+            "the reader removes its lock files"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -265,7 +296,11 @@ mod tests {
         let ino = fstat(first.reader_fd()).unwrap().st_ino;
         drop(first);
         let second = ReaderPresence::claim(&dir, "q", "queue q").unwrap();
-        assert_eq!(fstat(second.reader_fd()).unwrap().st_ino, ino, "same file: same ftok key");
+        assert_eq!(
+            fstat(second.reader_fd()).unwrap().st_ino,
+            ino,
+            "same file: same ftok key"
+        );
         drop(second);
         fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
