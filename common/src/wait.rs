@@ -100,7 +100,7 @@ pub fn pause(deadline: &Deadline, step: Duration) -> Result<()> {
 /// The kernel never restarts them after a signal handler ran (signal(7)), so a
 /// periodic SIGALRM with a no-op handler makes them return `EINTR` at least once
 /// a tick: the caller then checks the stop flag and its peer, and calls again.
-/// This is TLPI's "timed_read" technique (an alarm around a blocking call),
+/// This is TLPI's `timed_read` technique (an alarm around a blocking call),
 /// made periodic. Dropping the ticker disarms the timer.
 #[derive(Debug)]
 pub struct Ticker(());
