@@ -20,12 +20,16 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd};
+
 use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl, open};
 use nix::mqueue::{MQ_OFlag, mq_close, mq_open, mq_unlink};
-use nix::sys::stat::{Mode, SFlag, fstat, lstat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat, lstat};
 
 use crate::error::{Context, Error, Result};
-use crate::liveness::READER_SUFFIX;
+use crate::liveness::{READER_SUFFIX, WRITERS_SUFFIX};
 use crate::paths::{self, file_kind, uid};
 
 /// Lock-file kind of POSIX message queues (see [`paths::posix_lock_base`]).
@@ -92,6 +96,8 @@ pub struct Leftover {
     /// Its name: a path, or `key 0x... id N`.
     pub name: String,
     how: Removal,
+    /// A running process still holds it (its lock is taken): listed, never removed.
+    pub live: bool,
 }
 
 impl Leftover {
@@ -135,10 +141,7 @@ pub fn remove_sysv(kind: SysvKind, id: i32) -> Result<()> {
     };
     match Errno::result(rc) {
         Ok(_) | Err(Errno::EINVAL | Errno::EIDRM) => Ok(()),
-        Err(e) => Err(Error::errno(
-            format!("{} IPC_RMID id {id}", kind.label()),
-            e,
-        )),
+        Err(e) => Err(Error::errno(format!("{} IPC_RMID id {id}", kind.label()), e)),
     }
 }
 
@@ -148,29 +151,58 @@ pub fn scan() -> Result<Vec<Leftover>> {
     scan_with(&paths::private_dir_path(), &paths::name_prefix())
 }
 
+/// What the private directory says about who is still running.
+struct Directory {
+    /// Every entry, with its stat.
+    entries: Vec<(PathBuf, FileStat)>,
+    /// Entries a running process holds a lock on (or, for a socket, on `<path>.lock`).
+    live: HashSet<PathBuf>,
+    /// POSIX names (without the slash) that a live reader's lock file records.
+    live_names: HashSet<String>,
+}
+
 /// Everything of ours, with `dir` as the private directory and `prefix` as the
-/// POSIX name prefix.
+/// POSIX name prefix. An object a running process still uses is listed with
+/// `live` set, and never removed.
+///
+/// A private directory that fails [`paths::check_private_dir`] (a symbolic link
+/// planted in `/tmp`, say) is refused, not scanned: removing "its" entries
+/// would remove whatever it points at.
 pub fn scan_with(dir: &Path, prefix: &str) -> Result<Vec<Leftover>> {
-    let mut found = scan_private_dir(dir)?;
+    let d = read_directory(dir)?;
+    let me = uid();
+    let mut found = Vec::new();
+    for (path, st) in &d.entries {
+        let kind = match file_kind(st) {
+            SFlag::S_IFIFO => "fifo",
+            SFlag::S_IFSOCK => "socket",
+            SFlag::S_IFREG => "file",
+            SFlag::S_IFDIR => "directory",
+            _ => "other",
+        };
+        found.push(Leftover {
+            kind,
+            name: path.display().to_string(),
+            how: Removal::Unlink(path.clone()),
+            live: d.live.contains(path),
+        });
+    }
     found.extend(scan_prefixed(
+        &d,
         Path::new(DEV_SHM),
-        &format!("{prefix}.{}.", uid()),
+        &format!("{prefix}.{me}."),
+        "",
         "posix shm",
     )?);
-    found.extend(scan_prefixed(
-        Path::new(DEV_SHM),
-        &format!("sem.{prefix}.{}.", uid()),
-        "posix semaphore",
-    )?);
-    found.extend(scan_prefixed(
-        Path::new(DEV_MQUEUE),
-        &format!("{prefix}.{}.", uid()),
-        "posix queue",
-    )?);
-    found.extend(scan_posix_queues(dir, prefix)?);
-    let keys = ftok_suffixes(dir)?;
+    let sem = format!("sem.{prefix}.{me}.");
+    found.extend(scan_prefixed(&d, Path::new(DEV_SHM), &sem, "sem.", "posix semaphore")?);
+    let mq = format!("{prefix}.{me}.");
+    found.extend(scan_prefixed(&d, Path::new(DEV_MQUEUE), &mq, "", "posix queue")?);
+    if !mqueue_mounted() {
+        found.extend(scan_posix_queues(&d, prefix));
+    }
     for kind in [SysvKind::Msg, SysvKind::Shm, SysvKind::Sem] {
-        found.extend(scan_sysv(kind, &keys)?);
+        found.extend(scan_sysv(kind, &d)?);
     }
     Ok(found)
 }
@@ -187,95 +219,137 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
-fn scan_private_dir(dir: &Path) -> Result<Vec<Leftover>> {
+fn read_directory(dir: &Path) -> Result<Directory> {
+    let mut d = Directory { entries: Vec::new(), live: HashSet::new(), live_names: HashSet::new() };
+    if paths::lstat_opt(dir)?.is_none() {
+        return Ok(d);
+    }
+    paths::check_private_dir(dir)?;
+    for path in entries(dir)? {
+        if let Ok(st) = lstat(&path) {
+            d.entries.push((path, st));
+        }
+    }
+    for (path, st) in &d.entries {
+        if is_locked(path, st) {
+            d.live.insert(path.clone());
+        }
+    }
+    // A socket is live if its `<path>.lock` is; a reader lock file names the
+    // POSIX object it guards: `<kind>.<name>.reader.lock`.
+    for (path, _) in &d.entries {
+        let lock = PathBuf::from(format!("{}.lock", path.display()));
+        if d.live.contains(&lock) {
+            d.live.insert(path.clone());
+        }
+        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(rest) = file.strip_suffix(READER_SUFFIX) {
+            if d.live.contains(path) {
+                if let Some((_, name)) = rest.split_once('.') {
+                    d.live_names.insert(name.to_string());
+                }
+                d.live.insert(path.with_file_name(format!("{rest}{WRITERS_SUFFIX}")));
+            }
+        }
+    }
+    Ok(d)
+}
+
+/// Whether a running process holds a lock on this file: an OFD/POSIX record
+/// lock (asked without taking it) or an `flock` (tried, and let go at once).
+fn is_locked(path: &Path, st: &FileStat) -> bool {
+    let kind = file_kind(st);
+    if kind != SFlag::S_IFREG && kind != SFlag::S_IFIFO {
+        return false;
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let Ok(fd) = open(path, flags, Mode::empty()) else {
+        return false;
+    };
+    // SAFETY: libc::flock is plain old data; zeroed means "whole file".
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    if fcntl(fd.as_fd(), FcntlArg::F_OFD_GETLK(&mut fl)).is_ok()
+        && i32::from(fl.l_type) != libc::F_UNLCK
+    {
+        return true;
+    }
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    rc != 0 && Errno::last() == Errno::EWOULDBLOCK
+}
+
+/// Entries of `dir` named `<prefix>...` and owned by us; `strip` is what to take
+/// off the file name to get the POSIX name (`sem.` for semaphores).
+fn scan_prefixed(
+    d: &Directory,
+    dir: &Path,
+    prefix: &str,
+    strip: &str,
+    kind: &'static str,
+) -> Result<Vec<Leftover>> {
     let mut found = Vec::new();
     for path in entries(dir)? {
-        let Ok(st) = lstat(&path) else { continue };
-        let kind = match file_kind(&st) {
-            SFlag::S_IFIFO => "fifo",
-            SFlag::S_IFSOCK => "socket",
-            SFlag::S_IFREG => "file",
-            SFlag::S_IFDIR => "directory",
-            _ => "other",
+        let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
         };
+        if !file.starts_with(prefix) || !lstat(&path).is_ok_and(|st| st.st_uid == uid()) {
+            continue;
+        }
+        let live = d.live_names.contains(file.trim_start_matches(strip));
         found.push(Leftover {
             kind,
             name: path.display().to_string(),
             how: Removal::Unlink(path),
+            live,
         });
     }
     Ok(found)
 }
 
-fn scan_prefixed(dir: &Path, prefix: &str, kind: &'static str) -> Result<Vec<Leftover>> {
-    let mut found = Vec::new();
-    for path in entries(dir)? {
-        let ours_by_name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(prefix));
-        if !ours_by_name {
-            continue;
-        }
-        if lstat(&path).is_ok_and(|st| st.st_uid == uid()) {
-            found.push(Leftover {
-                kind,
-                name: path.display().to_string(),
-                how: Removal::Unlink(path),
-            });
-        }
-    }
-    Ok(found)
+/// Whether an mqueue file system is mounted at /dev/mqueue (then it lists every queue).
+fn mqueue_mounted() -> bool {
+    fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| l.split_whitespace().nth(1) == Some(DEV_MQUEUE) && l.contains(" mqueue "))
+    })
 }
 
 /// POSIX queues, found without /dev/mqueue: the default name, and every name a
-/// reader's lock file in `dir` records (`mq-posix.<name>.reader.lock`).
-fn scan_posix_queues(dir: &Path, prefix: &str) -> Result<Vec<Leftover>> {
-    let mut names = vec![format!("/{prefix}.{}.mq", uid())];
+/// reader's lock file records (`mq-posix.<name>.reader.lock`).
+fn scan_posix_queues(d: &Directory, prefix: &str) -> Vec<Leftover> {
+    let mut names = vec![format!("{prefix}.{}.mq", uid())];
     let base = format!("{MQ_POSIX}.");
-    for path in entries(dir)? {
+    for (path, _) in &d.entries {
         let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if let Some(name) = file
-            .strip_prefix(&base)
-            .and_then(|r| r.strip_suffix(READER_SUFFIX))
-        {
-            names.push(format!("/{name}"));
+        if let Some(name) = file.strip_prefix(&base).and_then(|r| r.strip_suffix(READER_SUFFIX)) {
+            names.push(name.to_string());
         }
     }
     names.sort();
     names.dedup();
     let mut found = Vec::new();
     for name in names {
+        let slashed = format!("/{name}");
         let flags = MQ_OFlag::O_RDONLY | MQ_OFlag::O_NONBLOCK | MQ_OFlag::O_CLOEXEC;
         // mq_open only to look: does it exist, and is it ours?
-        let Ok(mqd) = mq_open(name.as_str(), flags, Mode::empty(), None) else {
+        let Ok(mqd) = mq_open(slashed.as_str(), flags, Mode::empty(), None) else {
             continue;
         };
         let ours = fstat(&mqd).is_ok_and(|st| st.st_uid == uid());
         let _ = mq_close(mqd);
         if ours {
+            let live = d.live_names.contains(&name);
             found.push(Leftover {
                 kind: "posix queue",
-                name: name.clone(),
-                how: Removal::MqUnlink(name),
+                name: slashed.clone(),
+                how: Removal::MqUnlink(slashed),
+                live,
             });
         }
     }
-    Ok(found)
-}
-
-/// The low 24 bits `ftok` takes from each file in `dir` (device and inode); the
-/// top 8 bits are the project id, any of which we may have used.
-fn ftok_suffixes(dir: &Path) -> Result<Vec<u32>> {
-    let mut keys = Vec::new();
-    for path in entries(dir)? {
-        if let Ok(st) = lstat(&path) {
-            keys.push(ftok_suffix(st.st_dev, st.st_ino));
-        }
-    }
-    Ok(keys)
+    found
 }
 
 /// `ftok`'s recipe (glibc): `(proj << 24) | (dev & 0xff) << 16 | (ino & 0xffff)`, minus the proj.
@@ -284,26 +358,27 @@ pub fn ftok_suffix(dev: u64, ino: u64) -> u32 {
     (((dev & 0xff) << 16) | (ino & 0xffff)) as u32
 }
 
-fn scan_sysv(kind: SysvKind, suffixes: &[u32]) -> Result<Vec<Leftover>> {
+/// System V objects of ours: owned by us, with a key `ftok` makes from a file in
+/// the private directory (the low 24 bits are the file's device and inode; the
+/// top 8 are the project id, any of which we may have used).
+fn scan_sysv(kind: SysvKind, d: &Directory) -> Result<Vec<Leftover>> {
+    let suffixes: Vec<(u32, bool)> = d
+        .entries
+        .iter()
+        .map(|(path, st)| (ftok_suffix(st.st_dev, st.st_ino), d.live.contains(path)))
+        .collect();
     let text = match fs::read_to_string(kind.proc_file()) {
         Ok(t) => t,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Vec::new()),
         Err(e) => return Err(e).context(|| format!("read {}", kind.proc_file())),
     };
     let mut lines = text.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
     let col = |name: &str| header.iter().position(|h| *h == name);
     let (Some(key_col), Some(uid_col)) = (col("key"), col("uid")) else {
         return Ok(Vec::new());
     };
-    let Some(id_col) = col("msqid")
-        .or_else(|| col("shmid"))
-        .or_else(|| col("semid"))
-    else {
+    let Some(id_col) = col("msqid").or_else(|| col("shmid")).or_else(|| col("semid")) else {
         return Ok(Vec::new());
     };
     let mut found = Vec::new();
@@ -315,13 +390,14 @@ fn scan_sysv(kind: SysvKind, suffixes: &[u32]) -> Result<Vec<Leftover>> {
         };
         // The key column is a signed int: take its 32 bits as the kernel stores them.
         let key = u32::from_ne_bytes((key as i32).to_ne_bytes());
-        let ours = owner == i64::from(uid()) && key != 0 && suffixes.contains(&(key & 0x00ff_ffff));
-        if ours {
+        let source = suffixes.iter().find(|(suffix, _)| *suffix == key & 0x00ff_ffff);
+        if let (true, Some(&(_, live))) = (owner == i64::from(uid()) && key != 0, source) {
             let id = i32::try_from(id).unwrap_or(-1);
             found.push(Leftover {
                 kind: kind.label(),
                 name: format!("key {key:#010x} id {id}"),
                 how: Removal::Sysv(kind, id),
+                live,
             });
         }
     }

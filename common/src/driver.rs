@@ -16,16 +16,15 @@
 //!
 //! Only then is a payload printed (text mode) or added to the digest.
 
-use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Exit, Result};
-use crate::frame::{Frame, Header, Kind};
+use crate::frame::{DEFAULT_MAX_FRAME, Frame, Header, Kind};
 use crate::payload::{Digest, Generator, SizeSpec};
 use crate::signals;
 use crate::stats::Latencies;
-use crate::stream::LineReader;
+use crate::stream::{LinePrinter, LineReader};
 
 /// Sends frames: what a mechanism implements for its writing side.
 pub trait FrameSink {
@@ -49,6 +48,13 @@ pub trait FrameSource {
     /// for the next one (a FIFO is reopened). `false` means none can come.
     fn next_writer(&mut self) -> Result<bool> {
         Ok(false)
+    }
+
+    /// How this mechanism's end of stream looks, for "writer 0 vanished after 812
+    /// of ? messages (...)": end of file for byte streams; objects without end
+    /// of file say what they saw instead.
+    fn end_reason(&self) -> &'static str {
+        "end of file without an end frame"
     }
 }
 
@@ -99,10 +105,7 @@ impl Tally {
     }
 
     fn line(&self, verb: &str) -> String {
-        format!(
-            "{verb} {} messages, {} bytes, digest {}",
-            self.messages, self.bytes, self.digest
-        )
+        format!("{verb} {} messages, {} bytes, digest {}", self.messages, self.bytes, self.digest)
     }
 }
 
@@ -117,11 +120,9 @@ pub fn run_writer(
     let result = send_all(sink, opts, stdin, &mut sent);
     if let Err(err) = result {
         return Err(match err.exit() {
-            Exit::PeerLost => Error::peer_lost(format!(
-                "{} after {} messages",
-                err.message(),
-                sent.messages
-            )),
+            Exit::PeerLost => {
+                Error::peer_lost(format!("{} after {} messages", err.message(), sent.messages))
+            }
             _ => err,
         });
     }
@@ -145,7 +146,7 @@ fn send_all(
             sent.add(&header);
         }
     } else {
-        let mut lines = LineReader::new(stdin);
+        let mut lines = LineReader::new(stdin, DEFAULT_MAX_FRAME as usize);
         while let Some(line) = lines.next_line()? {
             let header = Header::data(opts.id, sent.messages, line);
             sink.send(&header, line)?;
@@ -205,11 +206,7 @@ impl Received {
         let at = match self.writers.binary_search_by_key(&id, |w| w.id) {
             Ok(at) => at,
             Err(at) => {
-                let fresh = WriterState {
-                    id,
-                    tally: Tally::default(),
-                    ended: false,
-                };
+                let fresh = WriterState { id, tally: Tally::default(), ended: false };
                 self.writers.insert(at, fresh);
                 at
             }
@@ -217,6 +214,9 @@ impl Received {
         &mut self.writers[at]
     }
 }
+
+/// Two writers sharing an id look like one writer repeating itself.
+const SAME_ID: &str = "several writers need different --id";
 
 /// The reader's checks (see the module documentation), for [`run_reader`] and for
 /// mechanisms whose topology needs a loop of their own (a server with one
@@ -227,18 +227,23 @@ pub struct Validator<'a> {
     opts: &'a ReaderOpts,
     got: Received,
     frames: u64,
+    end_reason: &'a str,
 }
 
 impl<'a> Validator<'a> {
     /// A fresh validator; `mech` names the mechanism in every message.
     #[must_use]
     pub fn new(mech: &'a str, opts: &'a ReaderOpts) -> Self {
-        Validator {
-            mech,
-            opts,
-            got: Received::default(),
-            frames: 0,
-        }
+        let end_reason = "end of file without an end frame";
+        Validator { mech, opts, got: Received::default(), frames: 0, end_reason }
+    }
+
+    /// What [`Validator::at_end_of_stream`] calls the end of the stream (see
+    /// [`FrameSource::end_reason`]).
+    #[must_use]
+    pub fn with_end_reason(mut self, why: &'a str) -> Self {
+        self.end_reason = why;
+        self
     }
 
     /// What was accepted so far.
@@ -262,12 +267,12 @@ impl<'a> Validator<'a> {
         let count = self.opts.count;
         let state = self.got.writer(h.writer);
         if state.ended {
-            return Err(bad("frame after this writer's end frame".into()));
+            return Err(bad("frame after this writer's end frame".into()).hint(SAME_ID));
         }
         let expected = state.tally.messages;
         if h.seq < expected {
             return Err(bad(format!(
-                "duplicate: seq {} arrived again (expected {expected})",
+                "duplicate: seq {} arrived again (expected {expected}; {SAME_ID})",
                 h.seq
             )));
         }
@@ -292,10 +297,11 @@ impl<'a> Validator<'a> {
         Ok(h.kind)
     }
 
-    /// Whether `--writers` end frames have arrived.
+    /// Whether `--writers` end frames have arrived, and every writer heard
+    /// from has finished (a writer still mid-stream is never cut off).
     #[must_use]
     pub fn done(&self) -> bool {
-        self.got.ended() >= usize::from(self.opts.writers)
+        self.got.ended() >= usize::from(self.opts.writers) && self.got.active().is_none()
     }
 
     /// "writer 0 vanished after 812 of ? messages (why)".
@@ -333,7 +339,7 @@ impl<'a> Validator<'a> {
     /// without its end frame, or none ever came; `Ok` if more may be awaited.
     pub fn at_end_of_stream(&self) -> Result<()> {
         if let Some(w) = self.got.active() {
-            return Err(self.vanished(w, "end of file without an end frame"));
+            return Err(self.vanished(w, self.end_reason));
         }
         if self.got.writers.is_empty() {
             return Err(Error::peer_lost(format!(
@@ -367,18 +373,15 @@ pub fn run_reader(
     source: &mut impl FrameSource,
     opts: &ReaderOpts,
 ) -> Result<Received> {
-    let mut check = Validator::new(mech, opts);
-    let mut out = std::io::stdout().lock();
+    let mut check = Validator::new(mech, opts).with_end_reason(source.end_reason());
+    let mut out = if opts.print { Some(LinePrinter::stdout()?) } else { None };
     while !check.done() {
         signals::check()?;
         match source.recv() {
             Ok(Some(frame)) => {
-                if check.accept(&frame)? == Kind::Data && opts.print {
-                    out.write_all(frame.payload)
-                        .and_then(|()| out.write_all(b"\n"))
-                        .map_err(|e| {
-                            Error::errno("write standard output", crate::error::io_errno(&e))
-                        })?;
+                let kind = check.accept(&frame)?;
+                if let (Kind::Data, Some(out)) = (kind, out.as_mut()) {
+                    out.print(frame.payload)?;
                 }
             }
             Ok(None) => {
@@ -408,11 +411,7 @@ pub fn print_received(bin: &str, got: &Received, expected_writers: u16) {
     for w in &got.writers {
         crate::say!("{bin}: writer {}: {}", w.id, w.tally.line("received"));
     }
-    crate::say!(
-        "{bin}: received {} messages, {} bytes",
-        got.messages(),
-        got.bytes()
-    );
+    crate::say!("{bin}: received {} messages, {} bytes", got.messages(), got.bytes());
 }
 
 /// Round trips from the client side: send a frame, wait for its echo, time it.
@@ -429,12 +428,10 @@ pub fn run_echo_client(
     let count = opts.count.unwrap_or(0);
     let generator = Generator::new(opts.seed, opts.size);
     let mut sent = Tally::default();
-    let mut times = Latencies::with_capacity(count as usize);
-    let lost = |n: u64| {
-        Error::peer_lost(format!(
-            "{mech}: the echo side went away after {n} round trips"
-        ))
-    };
+    // Room for the samples up front (so timing does not allocate), within reason.
+    let mut times = Latencies::with_capacity(count.min(1 << 24) as usize);
+    let lost =
+        |n: u64| Error::peer_lost(format!("{mech}: the echo side went away after {n} round trips"));
     let or_lost = |n: u64| {
         move |e: Error| match e.exit() {
             Exit::PeerLost => lost(n),
@@ -443,20 +440,14 @@ pub fn run_echo_client(
     };
     for seq in 0..=count {
         signals::check()?;
-        let payload = if seq < count {
-            generator.payload(seq)
-        } else {
-            &[]
-        };
+        let payload = if seq < count { generator.payload(seq) } else { &[] };
         let header = if seq < count {
             Header::data(opts.id, seq, payload)
         } else {
             Header::end(opts.id, count)
         };
         let start = Instant::now();
-        sink.send(&header, payload)
-            .and_then(|()| sink.flush())
-            .map_err(or_lost(seq))?;
+        sink.send(&header, payload).and_then(|()| sink.flush()).map_err(or_lost(seq))?;
         let reply = source.recv().map_err(or_lost(seq))?;
         let elapsed = start.elapsed();
         let Some(reply) = reply else {
@@ -488,7 +479,7 @@ pub fn run_echo_server(
     sink: &mut impl FrameSink,
     opts: &ReaderOpts,
 ) -> Result<Received> {
-    let mut check = Validator::new(mech, opts);
+    let mut check = Validator::new(mech, opts).with_end_reason(source.end_reason());
     loop {
         signals::check()?;
         match source.recv() {
@@ -502,9 +493,7 @@ pub fn run_echo_server(
             }
             Ok(None) => {
                 check.at_end_of_stream()?;
-                return Err(Error::peer_lost(format!(
-                    "{mech}: end of file before the end frame"
-                )));
+                return Err(Error::peer_lost(format!("{mech}: end of file before the end frame")));
             }
             Err(err) => return Err(check.explain(err)),
         }

@@ -57,10 +57,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error of class `exit` with `message`.
     pub fn new(exit: Exit, message: impl Into<String>) -> Self {
-        Self {
-            exit,
-            message: message.into(),
-        }
+        Self { exit, message: message.into() }
     }
 
     /// A kernel call failed, a limit was hit, or an object is unsafe (exit 1).
@@ -203,9 +200,6 @@ mod tests {
         assert_eq!(err.to_string(), "mkfifo /x: EEXIST: File exists");
         assert_eq!(err.exit(), Exit::System);
         let err = err.hint("remove it with: rm /x");
-        assert_eq!(
-            err.to_string(),
-            "mkfifo /x: EEXIST: File exists; remove it with: rm /x"
-        );
+        assert_eq!(err.to_string(), "mkfifo /x: EEXIST: File exists; remove it with: rm /x");
     }
 }

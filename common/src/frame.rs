@@ -107,23 +107,14 @@ impl fmt::Display for FrameError {
             FrameError::BadKind(k) => write!(f, "unknown kind {k} (expected 0 = data or 1 = end)"),
             FrameError::BadFlags(x) => write!(f, "reserved flags set: {x:#04x} (expected 0)"),
             FrameError::Oversize { len, max } => {
-                write!(
-                    f,
-                    "length {len} is above --max-frame {max}; refused before reading it"
-                )
+                write!(f, "length {len} is above --max-frame {max}; refused before reading it")
             }
             FrameError::EndWithPayload(len) => write!(f, "end frame with a {len}-byte payload"),
             FrameError::BadCrc { stored, computed } => {
-                write!(
-                    f,
-                    "checksum mismatch: header says {stored:08x}, payload has {computed:08x}"
-                )
+                write!(f, "checksum mismatch: header says {stored:08x}, payload has {computed:08x}")
             }
             FrameError::LengthMismatch { message, frame } => {
-                write!(
-                    f,
-                    "message of {message} bytes holds a frame of {frame} bytes"
-                )
+                write!(f, "message of {message} bytes holds a frame of {frame} bytes")
             }
         }
     }
@@ -145,26 +136,14 @@ impl Header {
     #[must_use]
     pub fn data(writer: u16, seq: u64, payload: &[u8]) -> Header {
         let len = u32::try_from(payload.len()).expect("payload length fits the 32-bit len field");
-        Header {
-            kind: Kind::Data,
-            writer,
-            seq,
-            len,
-            crc: crc32(payload),
-        }
+        Header { kind: Kind::Data, writer, seq, len, crc: crc32(payload) }
     }
 
     /// The end frame of `writer`, which sent `count` data frames.
     #[must_use]
     pub fn end(writer: u16, count: u64) -> Header {
         // crc32 of the empty payload is 0.
-        Header {
-            kind: Kind::End,
-            writer,
-            seq: count,
-            len: 0,
-            crc: 0,
-        }
+        Header { kind: Kind::End, writer, seq: count, len: 0, crc: 0 }
     }
 
     /// The 24 header bytes, little-endian.
@@ -204,10 +183,7 @@ impl Header {
         let le32 = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let len = le32(16);
         if len > max_frame {
-            return Err(FrameError::Oversize {
-                len,
-                max: max_frame,
-            });
+            return Err(FrameError::Oversize { len, max: max_frame });
         }
         if kind == Kind::End && len != 0 {
             return Err(FrameError::EndWithPayload(len));
@@ -237,10 +213,7 @@ impl Frame<'_> {
         if computed == self.header.crc {
             Ok(())
         } else {
-            Err(FrameError::BadCrc {
-                stored: self.header.crc,
-                computed,
-            })
+            Err(FrameError::BadCrc { stored: self.header.crc, computed })
         }
     }
 }
@@ -251,17 +224,11 @@ impl Frame<'_> {
 /// The CRC is left to [`Frame::check_crc`], like every other source.
 pub fn parse_message(msg: &[u8], max_frame: u32) -> Result<Frame<'_>, FrameError> {
     let Some((head, payload)) = msg.split_first_chunk::<HEADER_LEN>() else {
-        return Err(FrameError::LengthMismatch {
-            message: msg.len(),
-            frame: HEADER_LEN,
-        });
+        return Err(FrameError::LengthMismatch { message: msg.len(), frame: HEADER_LEN });
     };
     let header = Header::parse(head, max_frame)?;
     if payload.len() != header.len as usize {
-        return Err(FrameError::LengthMismatch {
-            message: msg.len(),
-            frame: header.frame_len(),
-        });
+        return Err(FrameError::LengthMismatch { message: msg.len(), frame: header.frame_len() });
     }
     Ok(Frame { header, payload })
 }
@@ -308,19 +275,10 @@ mod tests {
 
     #[test]
     fn each_header_field_is_checked() {
-        assert_eq!(
-            Header::parse(&with(0, b'X'), 100),
-            Err(FrameError::BadMagic(*b"XPC1"))
-        );
+        assert_eq!(Header::parse(&with(0, b'X'), 100), Err(FrameError::BadMagic(*b"XPC1")));
         assert_eq!(Header::parse(&with(4, 2), 100), Err(FrameError::BadKind(2)));
-        assert_eq!(
-            Header::parse(&with(5, 1), 100),
-            Err(FrameError::BadFlags(1))
-        );
-        assert_eq!(
-            Header::parse(&with(4, 1), 100),
-            Err(FrameError::EndWithPayload(5))
-        );
+        assert_eq!(Header::parse(&with(5, 1), 100), Err(FrameError::BadFlags(1)));
+        assert_eq!(Header::parse(&with(4, 1), 100), Err(FrameError::EndWithPayload(5)));
         assert_eq!(
             Header::parse(&with(16, 101), 100),
             Err(FrameError::Oversize { len: 101, max: 100 })
@@ -332,13 +290,7 @@ mod tests {
         let mut h = with(16, 0xf0);
         h[17..20].copy_from_slice(&[0xff, 0xff, 0xff]);
         let err = Header::parse(&h, DEFAULT_MAX_FRAME).unwrap_err();
-        assert_eq!(
-            err,
-            FrameError::Oversize {
-                len: 0xffff_fff0,
-                max: DEFAULT_MAX_FRAME
-            }
-        );
+        assert_eq!(err, FrameError::Oversize { len: 0xffff_fff0, max: DEFAULT_MAX_FRAME });
     }
 
     #[test]
@@ -353,17 +305,11 @@ mod tests {
     fn a_message_must_hold_exactly_one_frame() {
         assert!(matches!(
             parse_message(&PYTHON_HELLO[..28], DEFAULT_MAX_FRAME),
-            Err(FrameError::LengthMismatch {
-                message: 28,
-                frame: 29
-            })
+            Err(FrameError::LengthMismatch { message: 28, frame: 29 })
         ));
         assert!(matches!(
             parse_message(&PYTHON_HELLO[..10], DEFAULT_MAX_FRAME),
-            Err(FrameError::LengthMismatch {
-                message: 10,
-                frame: 24
-            })
+            Err(FrameError::LengthMismatch { message: 10, frame: 24 })
         ));
     }
 

@@ -50,9 +50,12 @@ pub use error::{Context, Error, Exit, Result};
 /// processes sharing a terminal (a writer and the reader it spawned) never
 /// interleave mid-line, as `eprintln!`'s piecewise writes can.
 pub fn say(line: std::fmt::Arguments<'_>) {
-    use std::io::Write;
+    use std::os::fd::AsFd;
     let text = format!("{line}\n");
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    let mut slices = [std::io::IoSlice::new(text.as_bytes())];
+    // Standard error may share a non-blocking pipe with standard output
+    // (`2>&1 |`): the same poll-and-retry write as everywhere, errors ignored.
+    let _ = stream::write_all_vectored(std::io::stderr().as_fd(), &mut slices, "standard error");
 }
 
 /// `eprintln!` in one `write`: see [`say()`].

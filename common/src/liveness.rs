@@ -71,10 +71,7 @@ fn try_lock(fd: &OwnedFd, kind: i32, path: &Path) -> Result<bool> {
     match fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)) {
         Ok(_) => Ok(true),
         Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
-        Err(e) => Err(Error::errno(
-            format!("fcntl F_OFD_SETLK {}", path.display()),
-            e,
-        )),
+        Err(e) => Err(Error::errno(format!("fcntl F_OFD_SETLK {}", path.display()), e)),
     }
 }
 
@@ -220,11 +217,7 @@ impl WriterPresence {
                 writers_path.display()
             )));
         }
-        Ok(Some(WriterPresence {
-            reader,
-            _writers: writers,
-            reader_path,
-        }))
+        Ok(Some(WriterPresence { reader, _writers: writers, reader_path }))
     }
 
     /// Whether the reader still holds its lock.
@@ -256,10 +249,7 @@ mod tests {
     #[test]
     fn each_side_sees_the_other_come_and_go() {
         let dir = scratch("roles");
-        assert!(
-            WriterPresence::join(&dir, "q").unwrap().is_none(),
-            "no reader yet"
-        );
+        assert!(WriterPresence::join(&dir, "q").unwrap().is_none(), "no reader yet");
         let reader = ReaderPresence::claim(&dir, "q", "queue q").unwrap();
         let err = ReaderPresence::claim(&dir, "q", "queue q").unwrap_err();
         assert_eq!(
@@ -280,10 +270,7 @@ mod tests {
         let writer = WriterPresence::join(&dir, "q").unwrap().unwrap();
         drop(reader);
         assert!(!writer.reader_present().unwrap());
-        assert!(
-            !reader_lock_path(&dir, "q").exists(),
-            "the reader removes its lock files"
-        );
+        assert!(!reader_lock_path(&dir, "q").exists(), "the reader removes its lock files");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -296,11 +283,7 @@ mod tests {
         let ino = fstat(first.reader_fd()).unwrap().st_ino;
         drop(first);
         let second = ReaderPresence::claim(&dir, "q", "queue q").unwrap();
-        assert_eq!(
-            fstat(second.reader_fd()).unwrap().st_ino,
-            ino,
-            "same file: same ftok key"
-        );
+        assert_eq!(fstat(second.reader_fd()).unwrap().st_ino, ino, "same file: same ftok key");
         drop(second);
         fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }

@@ -54,9 +54,7 @@ impl CommonWriter {
     /// Checks the combination and builds the driver's options.
     pub fn writer_opts(&self) -> Result<WriterOpts> {
         if self.count.is_none() && (self.size.is_some() || self.seed.is_some()) {
-            return Err(Error::usage(
-                "--size and --seed generate payloads: give --count N too",
-            ));
+            return Err(Error::usage("--size and --seed generate payloads: give --count N too"));
         }
         Ok(WriterOpts {
             count: self.count,
@@ -92,9 +90,7 @@ impl CommonReader {
     /// Checks the values and builds the driver's options.
     pub fn reader_opts(&self) -> Result<ReaderOpts> {
         if self.writers == 0 {
-            return Err(Error::usage(
-                "--writers 0: a reader needs at least one writer",
-            ));
+            return Err(Error::usage("--writers 0: a reader needs at least one writer"));
         }
         let max_frame = match self.max_frame {
             None => DEFAULT_MAX_FRAME,
@@ -144,7 +140,15 @@ pub fn main<T: argh::FromArgs + VersionFlag>(
     run: impl FnOnce(&T) -> Result<()>,
 ) -> ExitCode {
     match parse::<T>(bin) {
-        Ok(args) => crate::error::report(bin, run(&args)),
+        Ok(args) => {
+            let mut result = run(&args);
+            // A stop signal explains whatever failed after it (a write cut short,
+            // say): report the interrupt, and exit 130/143.
+            if let (Err(_), Some(sig)) = (&result, crate::signals::pending()) {
+                result = Err(crate::error::Error::interrupted(sig));
+            }
+            crate::error::report(bin, result)
+        }
         Err(code) => code,
     }
 }
@@ -152,17 +156,14 @@ pub fn main<T: argh::FromArgs + VersionFlag>(
 /// Parses the command line: `Ok(args)`, or the exit code after `--help`,
 /// `--version` (0) or a usage error (2, one line on standard error).
 pub fn parse<T: argh::FromArgs + VersionFlag>(bin: &str) -> std::result::Result<T, ExitCode> {
-    let args: Vec<String> = match std::env::args_os()
-        .skip(1)
-        .map(std::ffi::OsString::into_string)
-        .collect()
-    {
-        Ok(args) => args,
-        Err(bad) => {
-            crate::say!("{bin}: usage: argument {bad:?} is not UTF-8");
-            return Err(ExitCode::from(2));
-        }
-    };
+    let args: Vec<String> =
+        match std::env::args_os().skip(1).map(std::ffi::OsString::into_string).collect() {
+            Ok(args) => args,
+            Err(bad) => {
+                crate::say!("{bin}: usage: argument {bad:?} is not UTF-8");
+                return Err(ExitCode::from(2));
+            }
+        };
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     match T::from_args(&[bin], &strs) {
         Ok(parsed) if parsed.version() => {
@@ -175,12 +176,8 @@ pub fn parse<T: argh::FromArgs + VersionFlag>(bin: &str) -> std::result::Result<
             Err(ExitCode::SUCCESS)
         }
         Err(early) => {
-            let text: Vec<&str> = early
-                .output
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
+            let text: Vec<&str> =
+                early.output.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
             crate::say!("{bin}: usage: {} (see {bin} --help)", text.join("; "));
             Err(ExitCode::from(2))
         }

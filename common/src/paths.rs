@@ -95,8 +95,7 @@ pub fn name_prefix() -> String {
         Ok(p)
             if !p.is_empty()
                 && p.len() <= 64
-                && p.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+                && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
         {
             p
         }

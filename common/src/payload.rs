@@ -27,10 +27,7 @@ impl SizeSpec {
     /// Every payload exactly `bytes` long.
     #[must_use]
     pub fn fixed(bytes: usize) -> Self {
-        SizeSpec {
-            min: bytes,
-            max: bytes,
-        }
+        SizeSpec { min: bytes, max: bytes }
     }
 }
 
@@ -87,16 +84,13 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
         "M" | "MiB" => 20,
         "G" | "GiB" => 30,
         _ => {
-            return Err(format!(
-                "{s:?} is not a byte count (use 4096, 4K, 16M or 1G)"
-            ));
+            return Err(format!("{s:?} is not a byte count (use 4096, 4K, 16M or 1G)"));
         }
     };
     let n: usize = digits
         .parse()
         .map_err(|_| format!("{s:?} is not a byte count (use 4096, 4K, 16M or 1G)"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `SplitMix64`: one multiply-xorshift step; good enough to scatter lengths and bytes.
@@ -158,8 +152,7 @@ impl Digest {
 
     /// Appends a payload whose own CRC-32 is already known (O(log len), no re-read).
     pub fn add_crc(&mut self, crc: u32, len: u64) {
-        self.0
-            .combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
+        self.0.combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
     }
 
     /// Appends payload bytes (for raw streams, which have no per-frame CRC).
@@ -188,24 +181,9 @@ mod tests {
     fn sizes_parse_with_units_and_ranges() {
         assert_eq!("4096".parse(), Ok(SizeSpec::fixed(4096)));
         assert_eq!("4K".parse(), Ok(SizeSpec::fixed(4096)));
-        assert_eq!(
-            "0..70000".parse(),
-            Ok(SizeSpec {
-                min: 0,
-                max: 70_000
-            })
-        );
-        assert_eq!(
-            "1K..16M".parse(),
-            Ok(SizeSpec {
-                min: 1024,
-                max: 16 << 20
-            })
-        );
-        assert_eq!(
-            "5..2".parse::<SizeSpec>(),
-            Err("5..2: MIN 5 is above MAX 2".to_string())
-        );
+        assert_eq!("0..70000".parse(), Ok(SizeSpec { min: 0, max: 70_000 }));
+        assert_eq!("1K..16M".parse(), Ok(SizeSpec { min: 1024, max: 16 << 20 }));
+        assert_eq!("5..2".parse::<SizeSpec>(), Err("5..2: MIN 5 is above MAX 2".to_string()));
         assert!("12Q".parse::<SizeSpec>().is_err());
         assert!("".parse::<SizeSpec>().is_err());
         assert!("8G".parse::<SizeSpec>().is_err());
@@ -214,11 +192,7 @@ mod tests {
     #[test]
     fn payloads_depend_only_on_seed_and_seq_and_stay_in_range() {
         let size = SizeSpec { min: 10, max: 5000 };
-        let (a, b, c) = (
-            Generator::new(7, size),
-            Generator::new(7, size),
-            Generator::new(8, size),
-        );
+        let (a, b, c) = (Generator::new(7, size), Generator::new(7, size), Generator::new(8, size));
         let mut differs = false;
         for seq in 0..1000 {
             let p = a.payload(seq);

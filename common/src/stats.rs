@@ -17,16 +17,12 @@ impl Latencies {
     /// Room for `n` samples, allocated up front so measuring does not allocate.
     #[must_use]
     pub fn with_capacity(n: usize) -> Self {
-        Latencies {
-            nanos: Vec::with_capacity(n),
-            sorted: true,
-        }
+        Latencies { nanos: Vec::with_capacity(n), sorted: true }
     }
 
     /// Records one sample.
     pub fn push(&mut self, d: Duration) {
-        self.nanos
-            .push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.nanos.push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         self.sorted = false;
     }
 

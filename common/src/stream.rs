@@ -4,11 +4,10 @@
 //! reader finds them by their headers.
 //!
 //! - [`StreamSink`] sends a frame as header + payload with one `writev` (no copy
-//!   into a frame buffer). In [`WritePolicy::Buffered`] mode small frames are
-//!   gathered in one reused buffer first, so 64-byte messages do not cost a system
-//!   call each; in [`WritePolicy::FramePerWrite`] mode every frame is exactly one
-//!   `writev`, which is what keeps frames of at most `PIPE_BUF` bytes from several
-//!   FIFO writers from interleaving.
+//!   into a frame buffer). Small frames are gathered in one reused buffer first,
+//!   so 64-byte messages do not cost a system call each ([`WritePolicy`]). In
+//!   [`WritePolicy::Atomic`] mode no write ever splits a frame and none exceeds
+//!   `PIPE_BUF`, which is what keeps frames from several FIFO writers whole.
 //! - [`StreamSource`] reads into one reused buffer and lends each frame from it.
 //!   The header is checked before the buffer grows for the payload, so a length
 //!   of 0xFFFFFFF0 is refused without allocating. The buffer only grows when a
@@ -26,10 +25,10 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::PollFlags;
 use nix::sys::uio::writev;
-use nix::unistd::{isatty, read, write};
+use nix::unistd::{isatty, read};
 
 use crate::driver::{FrameSink, FrameSource};
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Error, Exit, Result};
 use crate::frame::{Frame, HEADER_LEN, Header};
 use crate::payload::Digest;
 use crate::signals;
@@ -96,7 +95,10 @@ pub enum WritePolicy {
     /// Gather frames into a buffer of this many bytes; a frame that does not fit
     /// goes out with the buffer in one `writev`.
     Buffered(usize),
-    /// Exactly one `writev` per frame: atomic up to `PIPE_BUF` bytes on a pipe/FIFO.
+    /// Gather whole frames into writes of at most this many bytes (`PIPE_BUF`),
+    /// each of which the kernel keeps whole; a larger frame is one write alone.
+    Atomic(usize),
+    /// Exactly one `writev` per frame, sent at once (request/reply).
     FramePerWrite,
 }
 
@@ -115,16 +117,10 @@ impl<F: AsFd> StreamSink<F> {
     pub fn new(fd: F, policy: WritePolicy, what: impl Into<String>) -> Result<Self> {
         let saved_flags = set_nonblocking(fd.as_fd())?;
         let buf = match policy {
-            WritePolicy::Buffered(cap) => Vec::with_capacity(cap),
+            WritePolicy::Buffered(cap) | WritePolicy::Atomic(cap) => Vec::with_capacity(cap),
             WritePolicy::FramePerWrite => Vec::new(),
         };
-        Ok(StreamSink {
-            fd,
-            saved_flags,
-            buf,
-            policy,
-            what: what.into(),
-        })
+        Ok(StreamSink { fd, saved_flags, buf, policy, what: what.into() })
     }
 
     /// The descriptor, for mechanism-specific calls (`F_SETPIPE_SZ`, say).
@@ -136,26 +132,37 @@ impl<F: AsFd> StreamSink<F> {
 impl<F: AsFd> FrameSink for StreamSink<F> {
     fn send(&mut self, header: &Header, payload: &[u8]) -> Result<()> {
         let head = header.to_bytes();
-        if let WritePolicy::Buffered(cap) = self.policy {
-            if self.buf.len() + HEADER_LEN + payload.len() <= cap {
+        let len = HEADER_LEN + payload.len();
+        match self.policy {
+            WritePolicy::Buffered(cap) | WritePolicy::Atomic(cap)
+                if self.buf.len() + len <= cap =>
+            {
                 // Small frame: gather it; the copy is cheaper than a system call.
                 self.buf.extend_from_slice(&head);
                 self.buf.extend_from_slice(payload);
                 return Ok(());
             }
+            WritePolicy::Atomic(cap) => {
+                // The gathered whole frames go as one atomic write; this frame
+                // starts the next batch, or goes alone if even that is too big.
+                self.flush()?;
+                if len <= cap {
+                    return self.send(header, payload);
+                }
+            }
+            WritePolicy::Buffered(_) | WritePolicy::FramePerWrite => {}
         }
         // Whatever was gathered, then this frame, in one writev: no copy of the payload.
-        let mut slices = [
-            IoSlice::new(&self.buf),
-            IoSlice::new(&head),
-            IoSlice::new(payload),
-        ];
+        let mut slices = [IoSlice::new(&self.buf), IoSlice::new(&head), IoSlice::new(payload)];
         write_all_vectored(self.fd.as_fd(), &mut slices, &self.what)?;
         self.buf.clear();
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
         let mut slices = [IoSlice::new(&self.buf)];
         write_all_vectored(self.fd.as_fd(), &mut slices, &self.what)?;
         self.buf.clear();
@@ -235,8 +242,7 @@ impl<F: AsFd> StreamSource<F> {
         if self.buf.len() - self.start < need {
             if self.buf.len() < need {
                 // A frame larger than any before: grow once (len was checked already).
-                self.buf
-                    .resize(need.max(self.buf.len() * 2).min(need + STREAM_BUFFER), 0);
+                self.buf.resize(need.max(self.buf.len() * 2).min(need + STREAM_BUFFER), 0);
             }
             // Move the partial frame to the front to make room after it.
             self.buf.copy_within(self.start..self.end, 0);
@@ -261,11 +267,7 @@ impl<F: AsFd> StreamSource<F> {
     }
 
     fn wait_readable(&self) -> Result<()> {
-        let deadline = if self.started {
-            Deadline::never()
-        } else {
-            self.first_deadline
-        };
+        let deadline = if self.started { Deadline::never() } else { self.first_deadline };
         if wait_fd(self.fd.as_fd(), PollFlags::POLLIN, &deadline, || Ok(()))? {
             return Ok(());
         }
@@ -303,17 +305,12 @@ impl<F: AsFd> FrameSource for StreamSource<F> {
             // (The bytes stay put until then, so the frame below is still valid.)
             (self.start, self.end) = (0, 0);
         }
-        Ok(Some(Frame {
-            header,
-            payload: &self.buf[at..at + header.len as usize],
-        }))
+        Ok(Some(Frame { header, payload: &self.buf[at..at + header.len as usize] }))
     }
 }
 
 fn truncated(have: usize, need: usize) -> Error {
-    Error::peer_lost(format!(
-        "end of file inside a frame ({have} of {need} bytes)"
-    ))
+    Error::peer_lost(format!("end of file inside a frame ({have} of {need} bytes)"))
 }
 
 impl<F: AsFd> Drop for StreamSource<F> {
@@ -322,12 +319,15 @@ impl<F: AsFd> Drop for StreamSource<F> {
     }
 }
 
-/// `--raw`: copies bytes from `input` to `output` as they are, no framing.
+/// `--raw`: copies bytes from `input` to `output` as they are, no framing, and
+/// prints the summary line. With no frames, a "message" is a line: the summary
+/// counts newline-separated pieces (`echo hi` is 1 message, 3 bytes), and the
+/// digest covers every byte, newlines included, so both raw ends agree.
 ///
-/// Returns the byte count and digest for the summary line. Reads wait in `poll`
-/// first, so Ctrl-C works while the input is quiet. The input's flags are never
-/// changed, nor a terminal's: those are shared with the shell, and a process
-/// killed before putting them back would leave the shell's own reads failing.
+/// Returns the byte count. Reads wait in `poll` first, so Ctrl-C works while the
+/// input is quiet. The input's flags are never changed, nor a terminal's: those
+/// are shared with the shell, and a process killed before putting them back
+/// would leave the shell's own reads failing.
 pub fn pump_raw(
     bin: &str,
     verb: &str,
@@ -335,49 +335,100 @@ pub fn pump_raw(
     output: BorrowedFd<'_>,
     what: &str,
 ) -> Result<u64> {
-    let saved = if isatty(output).unwrap_or(false) {
-        None
-    } else {
-        Some(set_nonblocking(output)?)
-    };
+    let saved = if isatty(output).unwrap_or(false) { None } else { Some(set_nonblocking(output)?) };
     let result = pump(input, output, what);
     if let Some(saved) = saved {
         restore_flags(output, saved);
     }
-    let (bytes, digest) = result?;
-    crate::say!("{bin}: {verb} {bytes} bytes (raw), digest {digest}");
-    Ok(bytes)
+    let tally = result?;
+    crate::say!(
+        "{bin}: {verb} {} messages, {} bytes, digest {}",
+        tally.lines,
+        tally.bytes,
+        tally.digest
+    );
+    Ok(tally.bytes)
 }
 
-fn pump(input: BorrowedFd<'_>, output: BorrowedFd<'_>, what: &str) -> Result<(u64, Digest)> {
+/// Bytes, lines and digest of a raw copy.
+struct RawTally {
+    bytes: u64,
+    lines: u64,
+    digest: Digest,
+    ends_with_newline: bool,
+}
+
+fn pump(input: BorrowedFd<'_>, output: BorrowedFd<'_>, what: &str) -> Result<RawTally> {
     let mut buf = vec![0u8; STREAM_BUFFER];
-    let (mut bytes, mut digest) = (0u64, Digest::new());
+    let mut t = RawTally { bytes: 0, lines: 0, digest: Digest::new(), ends_with_newline: true };
     loop {
         wait_fd(input, PollFlags::POLLIN, &Deadline::never(), || Ok(()))?;
         match read(input, &mut buf) {
-            Ok(0) => return Ok((bytes, digest)),
+            Ok(0) => {
+                t.lines += u64::from(!t.ends_with_newline);
+                return Ok(t);
+            }
             Ok(n) => {
-                digest.add_bytes(&buf[..n]);
-                bytes += n as u64;
-                let mut rest = &buf[..n];
-                while !rest.is_empty() {
-                    match write(output, rest) {
-                        Ok(w) => rest = &rest[w..],
-                        Err(Errno::EAGAIN) => {
-                            wait_fd(output, PollFlags::POLLOUT, &Deadline::never(), || Ok(()))?;
-                        }
-                        Err(Errno::EINTR) => signals::check()?,
-                        Err(Errno::EPIPE) => {
-                            return Err(Error::peer_lost(format!(
-                                "{what}: the other end went away"
-                            )));
-                        }
-                        Err(e) => return Err(Error::errno(format!("write {what}"), e)),
-                    }
-                }
+                let chunk = &buf[..n];
+                t.digest.add_bytes(chunk);
+                t.bytes += n as u64;
+                // (clippy would have the bytecount crate; not worth a dependency here)
+                #[allow(clippy::naive_bytecount)]
+                let newlines = chunk.iter().filter(|&&b| b == b'\n').count();
+                t.lines += newlines as u64;
+                t.ends_with_newline = chunk[n - 1] == b'\n';
+                let mut slices = [IoSlice::new(chunk)];
+                write_all_vectored(output, &mut slices, what).map_err(|e| match e.exit() {
+                    Exit::PeerLost => Error::peer_lost(format!("{what}: the other end went away")),
+                    _ => e,
+                })?;
             }
             Err(Errno::EAGAIN | Errno::EINTR) => signals::check()?,
             Err(e) => return Err(Error::errno(format!("read {what}"), e)),
+        }
+    }
+}
+
+/// Prints text-mode messages on standard output, one per line, interruptibly.
+///
+/// Standard output may be a pipe to a slow consumer: a plain blocking write
+/// there would be restarted after SIGINT (`SA_RESTART`) and never see it. So,
+/// unless it is a terminal (whose flags belong to the shell), it is made
+/// non-blocking and waited on with `poll`, like every other descriptor here.
+#[derive(Debug)]
+pub struct LinePrinter {
+    out: std::io::Stdout,
+    saved: Option<OFlag>,
+}
+
+impl LinePrinter {
+    /// Prints to this process's standard output.
+    pub fn stdout() -> Result<Self> {
+        let out = std::io::stdout();
+        let saved = if isatty(out.as_fd()).unwrap_or(false) {
+            None
+        } else {
+            Some(set_nonblocking(out.as_fd())?)
+        };
+        Ok(LinePrinter { out, saved })
+    }
+
+    /// Writes `line` and a newline, in one `writev`.
+    pub fn print(&mut self, line: &[u8]) -> Result<()> {
+        let mut slices = [IoSlice::new(line), IoSlice::new(b"\n")];
+        write_all_vectored(self.out.as_fd(), &mut slices, "standard output").map_err(|e| {
+            match e.exit() {
+                Exit::PeerLost => Error::errno("write standard output", Errno::EPIPE),
+                _ => e,
+            }
+        })
+    }
+}
+
+impl Drop for LinePrinter {
+    fn drop(&mut self) {
+        if let Some(saved) = self.saved {
+            restore_flags(self.out.as_fd(), saved);
         }
     }
 }
@@ -393,31 +444,26 @@ pub struct LineReader<'fd> {
     start: usize,
     end: usize,
     eof: bool,
+    max_line: usize,
+    lines: u64,
 }
 
 impl<'fd> LineReader<'fd> {
-    /// Lines from `fd` (standard input, usually).
+    /// Lines from `fd` (standard input, usually), each at most `max_line` bytes:
+    /// a longer one is refused rather than buffered without bound.
     #[must_use]
-    pub fn new(fd: BorrowedFd<'fd>) -> Self {
-        LineReader {
-            fd,
-            buf: vec![0; 64 << 10],
-            start: 0,
-            end: 0,
-            eof: false,
-        }
+    pub fn new(fd: BorrowedFd<'fd>, max_line: usize) -> Self {
+        LineReader { fd, buf: vec![0; 64 << 10], start: 0, end: 0, eof: false, max_line, lines: 0 }
     }
 
     /// The next line without its `\n`; a last line without `\n` counts too.
     /// `None` at end of input.
     pub fn next_line(&mut self) -> Result<Option<&[u8]>> {
         loop {
-            if let Some(nl) = self.buf[self.start..self.end]
-                .iter()
-                .position(|&b| b == b'\n')
-            {
+            if let Some(nl) = self.buf[self.start..self.end].iter().position(|&b| b == b'\n') {
                 let line = self.start..self.start + nl;
                 self.start += nl + 1;
+                self.lines += 1;
                 return Ok(Some(&self.buf[line]));
             }
             if self.eof {
@@ -426,6 +472,7 @@ impl<'fd> LineReader<'fd> {
                 }
                 let line = self.start..self.end;
                 self.start = self.end;
+                self.lines += 1;
                 return Ok(Some(&self.buf[line]));
             }
             if self.start > 0 {
@@ -433,9 +480,17 @@ impl<'fd> LineReader<'fd> {
                 self.end -= self.start;
                 self.start = 0;
             }
+            if self.end > self.max_line {
+                return Err(Error::bad_data(format!(
+                    "line {} of standard input is longer than {} bytes, the largest frame a \
+                     reader takes by default; refusing it",
+                    self.lines + 1,
+                    self.max_line
+                )));
+            }
             if self.end == self.buf.len() {
                 // A line longer than the buffer: grow (text mode only, not a hot loop).
-                self.buf.resize(self.buf.len() * 2, 0);
+                self.buf.resize((self.buf.len() * 2).min(self.max_line + 2), 0);
             }
             wait_fd(self.fd, PollFlags::POLLIN, &Deadline::never(), || Ok(()))?;
             match read(self.fd, &mut self.buf[self.end..]) {

@@ -14,6 +14,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -32,11 +33,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// A name no other test, in this run or a parallel one, is using: `tag-pid-n`.
 #[must_use]
 pub fn unique(tag: &str) -> String {
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A private `XDG_RUNTIME_DIR` and POSIX name prefix for one test; the
@@ -53,10 +50,7 @@ impl TestDir {
     pub fn new(tag: &str) -> Self {
         let name = unique(&format!("ipc-demos-test-{tag}"));
         let root = std::env::temp_dir().join(&name);
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&root)
-            .expect("create test dir");
+        fs::DirBuilder::new().mode(0o700).create(&root).expect("create test dir");
         TestDir { root, prefix: name }
     }
 
@@ -99,10 +93,7 @@ impl TestDir {
     /// the private directory, `/dev/shm`, POSIX queues, System V objects.
     pub fn assert_clean(&self) {
         let left = crate::clean::scan_with(&self.private(), &self.prefix).expect("scan");
-        let names: Vec<String> = left
-            .iter()
-            .map(|l| format!("{} {}", l.kind, l.name))
-            .collect();
+        let names: Vec<String> = left.iter().map(|l| format!("{} {}", l.kind, l.name)).collect();
         assert!(names.is_empty(), "left behind: {names:?}");
     }
 }
@@ -118,6 +109,7 @@ impl Drop for TestDir {
 pub struct Running {
     name: String,
     pid: i32,
+    pidfd: OwnedFd,
     started: Instant,
     deadline: Instant,
     stdin: Option<ChildStdin>,
@@ -184,15 +176,18 @@ impl Running {
 
     fn start(cmd: &mut Command, limit: Duration) -> (Self, Option<std::process::ChildStdout>) {
         cmd.stderr(Stdio::piped());
-        let name = cmd
-            .get_program()
-            .to_string_lossy()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let name =
+            cmd.get_program().to_string_lossy().rsplit('/').next().unwrap_or_default().to_string();
         let mut child: Child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let pid = i32::try_from(child.id()).expect("pid fits i32");
+        // A pidfd names this very process even after the waiter thread reaps it,
+        // so a late kill can never hit a new process that reused the pid.
+        // SAFETY: pidfd_open takes a pid and flags, returns a descriptor or -1;
+        // the child is not reaped yet (the waiter thread starts below).
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(raw >= 0, "pidfd_open {pid}: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor from the kernel, owned by nothing else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(raw).expect("fd")) };
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take().expect("stderr piped");
@@ -219,6 +214,7 @@ impl Running {
         let run = Running {
             name,
             pid,
+            pidfd,
             started: now,
             deadline: now + limit,
             stdin,
@@ -296,9 +292,15 @@ impl Running {
 
     /// Sends `sig` to the process.
     pub fn kill(&self, sig: i32) {
-        // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory involved.
+        // SAFETY: pidfd_send_signal with our own pidfd, no siginfo (null), no flags.
         unsafe {
-            libc::kill(self.pid, sig);
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<u8>(),
+                0,
+            );
         }
     }
 
@@ -323,11 +325,7 @@ impl Running {
         if let Some(t) = self.stderr_done.take() {
             let _ = t.join();
         }
-        let stdout = self
-            .stdout
-            .take()
-            .map(|t| t.join().unwrap_or_default())
-            .unwrap_or_default();
+        let stdout = self.stdout.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
         Outcome {
             name: self.name.clone(),
             code: status.code(),
@@ -394,16 +392,9 @@ impl Outcome {
     #[must_use]
     pub fn writer_summary(&self, id: u16) -> Summary {
         let tag = format!(": writer {id}: ");
-        self.stderr
-            .lines()
-            .filter(|l| l.contains(&tag))
-            .find_map(parse_summary)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{}: no summary for writer {id}:\n{}",
-                    self.name, self.stderr
-                )
-            })
+        self.stderr.lines().filter(|l| l.contains(&tag)).find_map(parse_summary).unwrap_or_else(
+            || panic!("{}: no summary for writer {id}:\n{}", self.name, self.stderr),
+        )
     }
 
     /// Standard output as text (lossy).
@@ -460,11 +451,7 @@ pub fn bytes_read(pid: i32) -> u64 {
 #[must_use]
 pub fn frame_bytes(writer: u16, seq: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    crate::frame::encode_into(
-        &mut out,
-        &crate::frame::Header::data(writer, seq, payload),
-        payload,
-    );
+    crate::frame::encode_into(&mut out, &crate::frame::Header::data(writer, seq, payload), payload);
     out
 }
 
@@ -482,14 +469,7 @@ mod tests {
     fn summary_lines_parse() {
         let s =
             parse_summary("pipe-reader: received 3 messages, 12 bytes, digest 0a1b2c3d").unwrap();
-        assert_eq!(
-            s,
-            Summary {
-                messages: 3,
-                bytes: 12,
-                digest: "0a1b2c3d".into()
-            }
-        );
+        assert_eq!(s, Summary { messages: 3, bytes: 12, digest: "0a1b2c3d".into() });
         assert!(parse_summary("fifo-reader: received 8 messages, 16 bytes").is_none());
     }
 }

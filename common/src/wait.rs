@@ -26,7 +26,8 @@ impl Deadline {
     /// `timeout` from now; `None` never expires.
     #[must_use]
     pub fn after(timeout: Option<Duration>) -> Self {
-        Deadline(timeout.map(|t| Instant::now() + t))
+        // A timeout too large to add is as good as none.
+        Deadline(timeout.and_then(|t| Instant::now().checked_add(t)))
     }
 
     /// A deadline that never expires.
@@ -121,15 +122,10 @@ fn set_timer(every: Duration) -> Result<()> {
         tv_sec: libc::time_t::try_from(every.as_secs()).unwrap_or(0),
         tv_usec: libc::suseconds_t::from(every.subsec_micros()),
     };
-    let timer = libc::itimerval {
-        it_interval: tv,
-        it_value: tv,
-    };
+    let timer = libc::itimerval { it_interval: tv, it_value: tv };
     // SAFETY: setitimer reads the struct we pass and writes no old value (null).
     let rc = unsafe { libc::setitimer(libc::ITIMER_REAL, &raw const timer, std::ptr::null_mut()) };
-    Errno::result(rc)
-        .map(drop)
-        .context(|| "setitimer ITIMER_REAL")
+    Errno::result(rc).map(drop).context(|| "setitimer ITIMER_REAL")
 }
 
 impl Drop for Ticker {

@@ -28,9 +28,11 @@
 //! # Pitfalls
 //! - `PIPE_BUF`: a write of at most `PIPE_BUF` (4096) bytes to a pipe is atomic
 //!   — it is never mixed with another writer's bytes. Larger writes may be split
-//!   and interleaved. So with several writers, every frame must be one `write`
-//!   of at most 4096 bytes (24 header + 4072 payload): the writer sends one
-//!   `writev` per frame and warns when a frame is larger.
+//!   and interleaved. So with several writers, no write may split a frame or
+//!   exceed 4096 bytes: the writer gathers whole frames into writes of at most
+//!   `PIPE_BUF` (many 64-byte frames per system call, still atomic), sends a
+//!   frame of up to 4096 bytes (4072 of payload) as one write, and warns once
+//!   when a frame is larger.
 //! - A symbolic link or a regular file at the path must not be followed or
 //!   truncated: the path is checked with `lstat`, opened with `O_NOFOLLOW` and
 //!   checked again with `fstat` on the descriptor.
@@ -95,17 +97,10 @@ fn open_read_end(path: &Path) -> Result<OwnedFd> {
 fn check_fd(fd: &OwnedFd, path: &Path) -> Result<FileStat> {
     let st = fstat(fd).context(|| format!("fstat {}", path.display()))?;
     if paths::file_kind(&st) != SFlag::S_IFIFO {
-        return Err(Error::system(format!(
-            "{} is not a FIFO; refusing to use it",
-            path.display()
-        )));
+        return Err(Error::system(format!("{} is not a FIFO; refusing to use it", path.display())));
     }
-    check_ours(&st, &what(path)).map_err(|e| {
-        e.hint(format!(
-            "chmod 600 {0}, or remove it: rm {0}",
-            path.display()
-        ))
-    })?;
+    check_ours(&st, &what(path))
+        .map_err(|e| e.hint(format!("chmod 600 {0}, or remove it: rm {0}", path.display())))?;
     Ok(st)
 }
 
@@ -137,18 +132,12 @@ pub fn create_fifo(path: &Path, force: bool) -> Result<Fifo> {
         let Some(st) = expect_kind(path, SFlag::S_IFIFO, "FIFO")? else {
             continue;
         };
-        check_ours(&st, &what(path)).map_err(|e| {
-            e.hint(format!(
-                "chmod 600 {0}, or remove it: rm {0}",
-                path.display()
-            ))
-        })?;
+        check_ours(&st, &what(path))
+            .map_err(|e| e.hint(format!("chmod 600 {0}, or remove it: rm {0}", path.display())))?;
         let probe = open_read_end(path)?;
         if !try_lock(&probe, path)? {
-            return Err(
-                Error::system(format!("{} is in use by another fifo-reader", what(path)))
-                    .hint("stop that reader first, or pick another --path"),
-            );
+            return Err(Error::system(format!("{} is in use by another fifo-reader", what(path)))
+                .hint("stop that reader first, or pick another --path"));
         }
         if !force {
             return Err(Error::system(format!(
@@ -166,17 +155,9 @@ pub fn create_fifo(path: &Path, force: bool) -> Result<Fifo> {
     let lock = open_read_end(path)?;
     let st = check_fd(&lock, path)?;
     if !try_lock(&lock, path)? {
-        return Err(Error::system(format!(
-            "{} was taken by another fifo-reader",
-            what(path)
-        )));
+        return Err(Error::system(format!("{} was taken by another fifo-reader", what(path))));
     }
-    Ok(Fifo {
-        path: path.to_path_buf(),
-        st,
-        lock,
-        keep: false,
-    })
+    Ok(Fifo { path: path.to_path_buf(), st, lock, keep: false })
 }
 
 impl Fifo {
@@ -196,10 +177,7 @@ impl Fifo {
         let fd = open_read_end(&self.path)?;
         let st = check_fd(&fd, &self.path)?;
         if (st.st_dev, st.st_ino) != (self.st.st_dev, self.st.st_ino) {
-            return Err(Error::peer_lost(format!(
-                "{} was replaced under us",
-                what(&self.path)
-            )));
+            return Err(Error::peer_lost(format!("{} was replaced under us", what(&self.path))));
         }
         Ok(fd)
     }
@@ -232,16 +210,15 @@ pub fn wait_for_writer(
         return Ok(());
     }
     let secs = timeout.unwrap_or_default().as_secs();
-    Err(Error::peer_lost(format!(
-        "no writer came to {} within {secs} s (--timeout)",
-        what(path)
-    )))
+    Err(Error::peer_lost(format!("no writer came to {} within {secs} s (--timeout)", what(path))))
 }
 
 /// Frames from a FIFO, across writers that come and go (see the module docs).
 #[derive(Debug)]
 pub struct FifoSource<'f> {
     fifo: &'f Fifo,
+    /// The binary's name, to say so when the FIFO is reopened; `None` when quiet.
+    announce: Option<&'static str>,
     inner: StreamSource<OwnedFd>,
     /// The descriptor is fresh: wait for a writer before the first read.
     fresh: bool,
@@ -250,29 +227,24 @@ pub struct FifoSource<'f> {
 }
 
 impl<'f> FifoSource<'f> {
-    /// Reads `fifo`; `first_timeout` bounds the wait for the first writer.
-    pub fn new(fifo: &'f Fifo, max_frame: u32, first_timeout: Option<Duration>) -> Result<Self> {
+    /// Reads `fifo`; `first_timeout` bounds the wait for the first writer;
+    /// `announce` (the binary's name, unless quiet) says when it waits for more.
+    pub fn new(
+        fifo: &'f Fifo,
+        max_frame: u32,
+        first_timeout: Option<Duration>,
+        announce: Option<&'static str>,
+    ) -> Result<Self> {
         let inner = StreamSource::new(fifo.open_reader()?, max_frame, None, what(fifo.path()))?;
         let deadline = Deadline::after(first_timeout);
-        Ok(FifoSource {
-            fifo,
-            inner,
-            fresh: true,
-            deadline,
-            timeout: first_timeout,
-        })
+        Ok(FifoSource { fifo, announce, inner, fresh: true, deadline, timeout: first_timeout })
     }
 }
 
 impl FrameSource for FifoSource<'_> {
     fn recv(&mut self) -> Result<Option<Frame<'_>>> {
         if self.fresh {
-            wait_for_writer(
-                self.inner.fd(),
-                self.fifo.path(),
-                &self.deadline,
-                self.timeout,
-            )?;
+            wait_for_writer(self.inner.fd(), self.fifo.path(), &self.deadline, self.timeout)?;
             self.fresh = false;
         }
         self.inner.recv()
@@ -283,6 +255,11 @@ impl FrameSource for FifoSource<'_> {
         // (--timeout covers only the first one).
         let fresh = self.fifo.open_reader()?;
         drop(self.inner.replace_fd(fresh)?);
+        if let Some(bin) = self.announce {
+            ipc_common::say!(
+                "{bin}: every writer has closed the FIFO; reopened it to wait for the next"
+            );
+        }
         (self.fresh, self.deadline) = (true, Deadline::never());
         Ok(true)
     }
@@ -316,10 +293,7 @@ pub fn open_writer(path: &Path, timeout: Option<Duration>) -> Result<OwnedFd> {
                 )));
             }
             Err(e) => {
-                return Err(Error::errno(
-                    format!("open {} for writing", path.display()),
-                    e,
-                ));
+                return Err(Error::errno(format!("open {} for writing", path.display()), e));
             }
         }
         if deadline.expired() {
@@ -334,8 +308,9 @@ pub fn open_writer(path: &Path, timeout: Option<Duration>) -> Result<OwnedFd> {
     }
 }
 
-/// Frames into a FIFO: one `writev` per frame, so frames of at most `PIPE_BUF`
-/// bytes stay whole among several writers. Says once if a frame is larger.
+/// Frames into a FIFO in writes of at most `PIPE_BUF` bytes, each holding whole
+/// frames only, so frames stay whole among several writers. Says once if a
+/// frame is larger than `PIPE_BUF` (it then goes alone, and may be split).
 #[derive(Debug)]
 pub struct FifoSink {
     inner: StreamSink<OwnedFd>,
@@ -346,12 +321,8 @@ pub struct FifoSink {
 impl FifoSink {
     /// Writes to `fd`; `quiet` silences the `PIPE_BUF` note.
     pub fn new(fd: OwnedFd, path: &Path, bin: &'static str, quiet: bool) -> Result<Self> {
-        let inner = StreamSink::new(fd, WritePolicy::FramePerWrite, what(path))?;
-        Ok(FifoSink {
-            inner,
-            bin,
-            warn: !quiet,
-        })
+        let inner = StreamSink::new(fd, WritePolicy::Atomic(PIPE_BUF), what(path))?;
+        Ok(FifoSink { inner, bin, warn: !quiet })
     }
 
     /// The write end, for `--pipe-size`.

@@ -38,9 +38,7 @@ fn four_writers_at_once_every_frame_intact() {
                 k,
                 writer(
                     &dir,
-                    &[
-                        "--id", &id, "--seed", &seed, "--count", "2000", "--size", "0..4000",
-                    ],
+                    &["--id", &id, "--seed", &seed, "--count", "2000", "--size", "0..4000"],
                 ),
             )
         })
@@ -51,10 +49,7 @@ fn four_writers_at_once_every_frame_intact() {
     for (k, w) in &sent {
         w.expect(0);
         assert_eq!(w.summary(), r.writer_summary(*k), "writer {k}");
-        assert!(
-            !w.stderr.contains("PIPE_BUF"),
-            "frames up to 4024 bytes need no note"
-        );
+        assert!(!w.stderr.contains("PIPE_BUF"), "frames up to 4024 bytes need no note");
     }
     let digests: std::collections::HashSet<_> =
         sent.iter().map(|(_, w)| w.summary().digest).collect();
@@ -66,10 +61,11 @@ fn four_writers_at_once_every_frame_intact() {
 #[test]
 fn a_writer_that_starts_after_the_first_has_left_is_still_read() {
     let dir = TestDir::new("fifo-late");
-    let r = reader(&dir, &["--writers", "2", "--quiet"]);
+    let mut r = reader(&dir, &["--writers", "2"]);
     let first = writer(&dir, &["--id", "1", "--count", "500"]).finish();
     first.expect(0);
-    // The reader has seen end of file by now (no writer left) and must wait on.
+    // End of file with one of two writers done is not the end: the reader reopens.
+    r.wait_for("every writer has closed the FIFO; reopened it to wait for the next");
     let second = writer(&dir, &["--id", "2", "--count", "700", "--seed", "9"]).finish();
     second.expect(0);
     let r = r.finish();
@@ -133,20 +129,11 @@ fn frames_above_pipe_buf_interleave_and_the_reader_rejects_them() {
     let mut noted = 0;
     for t in ws {
         let w = t.join().expect("writer thread");
-        assert!(
-            matches!(w.code, Some(0 | 3)),
-            "writer: {:?} {}",
-            w.code,
-            w.stderr
-        );
+        assert!(matches!(w.code, Some(0 | 3)), "writer: {:?} {}", w.code, w.stderr);
         // Every writer that got to send warned; one that came after the reader
         // had already stopped never opened the FIFO.
         let warned = w.stderr.contains("is above PIPE_BUF (4096)");
-        assert!(
-            warned || w.stderr.contains("no fifo-reader opened"),
-            "{}",
-            w.stderr
-        );
+        assert!(warned || w.stderr.contains("no fifo-reader opened"), "{}", w.stderr);
         noted += usize::from(warned);
     }
     assert!(noted >= 2, "it takes two writers to interleave");
@@ -159,9 +146,7 @@ fn writer_killed_mid_stream_makes_the_reader_exit_3() {
     let r = reader(&dir, &["--quiet"]);
     let w = writer(&dir, &["--count", "1000000000", "--size", "1K"]);
     let pid = r.pid();
-    wait_until("the reader to receive 1 MB", LIMIT, || {
-        bytes_read(pid) > 1 << 20
-    });
+    wait_until("the reader to receive 1 MB", LIMIT, || bytes_read(pid) > 1 << 20);
     w.kill(libc::SIGKILL);
     let r = r.finish();
     r.expect(3).expect_stderr("fifo: writer 0 vanished after ");
@@ -176,14 +161,10 @@ fn reader_killed_mid_stream_makes_the_writer_exit_3_and_leaves_a_stale_fifo() {
     let r = reader(&dir, &["--quiet"]);
     let w = writer(&dir, &["--count", "1000000000", "--size", "1K"]);
     let pid = r.pid();
-    wait_until("the reader to receive 1 MB", LIMIT, || {
-        bytes_read(pid) > 1 << 20
-    });
+    wait_until("the reader to receive 1 MB", LIMIT, || bytes_read(pid) > 1 << 20);
     r.kill(libc::SIGKILL);
     drop(r.finish());
-    w.finish()
-        .expect(3)
-        .expect_stderr("fifo-writer: reader went away after ");
+    w.finish().expect(3).expect_stderr("fifo-writer: reader went away after ");
     // SIGKILL left the node: the next reader names it and how to remove it...
     let path = fifo(&dir);
     let again = Running::spawn(dir.command(READER).stdin(Stdio::null()), LIMIT).finish();
@@ -193,7 +174,7 @@ fn reader_killed_mid_stream_makes_the_writer_exit_3_and_leaves_a_stale_fifo() {
         .expect_stderr("rm ");
     assert!(path.exists(), "refusing leaves it in place");
     // ...and --force removes it and goes on.
-    let forced = reader(&dir, &["--force", "--timeout", "1"]);
+    let forced = reader(&dir, &["--force"]);
 
     forced.kill(libc::SIGTERM);
     forced.finish().expect(143);
@@ -206,9 +187,7 @@ fn sigint_to_a_waiting_reader_exits_130_and_removes_the_fifo() {
     let r = reader(&dir, &[]);
     assert!(fifo(&dir).exists());
     r.kill(libc::SIGINT);
-    r.finish()
-        .expect(130)
-        .expect_stderr("fifo-reader: interrupted by SIGINT");
+    r.finish().expect(130).expect_stderr("fifo-reader: interrupted by SIGINT");
     assert!(!fifo(&dir).exists());
     dir.assert_clean();
 }
@@ -218,9 +197,7 @@ fn a_second_reader_on_a_live_fifo_is_refused() {
     let dir = TestDir::new("fifo-busy");
     let first = reader(&dir, &[]);
     let second = Running::spawn(dir.command(READER).stdin(Stdio::null()), LIMIT).finish();
-    second
-        .expect(1)
-        .expect_stderr("is in use by another fifo-reader");
+    second.expect(1).expect_stderr("is in use by another fifo-reader");
     assert!(fifo(&dir).exists(), "the live reader's FIFO is untouched");
     first.kill(libc::SIGTERM);
     first.finish().expect(143);
@@ -231,19 +208,11 @@ fn a_second_reader_on_a_live_fifo_is_refused() {
 fn timeouts_give_up_with_exit_3() {
     let dir = TestDir::new("fifo-timeout");
     let w = writer(&dir, &["--timeout", "1", "--count", "1"]).finish();
-    w.expect(3)
-        .expect_stderr("no fifo-reader opened ")
-        .expect_stderr("within 1 s");
-    let r = Running::spawn(
-        dir.command(READER)
-            .args(["--timeout", "1"])
-            .stdin(Stdio::null()),
-        LIMIT,
-    )
-    .finish();
-    r.expect(3)
-        .expect_stderr("no writer came to FIFO ")
-        .expect_stderr("within 1 s");
+    w.expect(3).expect_stderr("no fifo-reader opened ").expect_stderr("within 1 s");
+    let r =
+        Running::spawn(dir.command(READER).args(["--timeout", "1"]).stdin(Stdio::null()), LIMIT)
+            .finish();
+    r.expect(3).expect_stderr("no writer came to FIFO ").expect_stderr("within 1 s");
     dir.assert_clean();
 }
 
@@ -269,12 +238,7 @@ fn a_symlink_at_the_fifo_path_is_refused_and_untouched() {
     fs::write(&target, b"precious").expect("write target");
     symlink(&target, private_dir(&dir).join("fifo")).expect("symlink");
     both_refuse(&dir, "is a symbolic link; refusing to follow it");
-    assert!(
-        fs::symlink_metadata(fifo(&dir))
-            .expect("still there")
-            .file_type()
-            .is_symlink()
-    );
+    assert!(fs::symlink_metadata(fifo(&dir)).expect("still there").file_type().is_symlink());
     assert_eq!(fs::read(&target).expect("target"), b"precious");
 }
 
@@ -320,18 +284,12 @@ fn a_private_directory_not_ours_or_open_to_others_is_refused() {
     let dir = TestDir::new("fifo-dir-nobody");
     let p = private_dir(&dir);
     std::os::unix::fs::chown(&p, Some(NOBODY), None).expect("chown");
-    both_refuse(
-        &dir,
-        &format!("private directory {} is owned by uid {NOBODY}", p.display()),
-    );
+    both_refuse(&dir, &format!("private directory {} is owned by uid {NOBODY}", p.display()));
 
     let dir = TestDir::new("fifo-dir-0777");
     let p = private_dir(&dir);
     fs::set_permissions(&p, fs::Permissions::from_mode(0o777)).expect("chmod");
-    both_refuse(
-        &dir,
-        "has mode 0777, open to other users; refusing to use it",
-    );
+    both_refuse(&dir, "has mode 0777, open to other users; refusing to use it");
 
     let dir = TestDir::new("fifo-dir-link");
     let elsewhere = dir.root().join("elsewhere");
@@ -352,8 +310,7 @@ fn raw_mode_lets_shell_redirection_be_the_writer() {
         .expect("sh");
     assert!(status.success());
     let r = r.finish();
-    r.expect(0)
-        .expect_stderr("fifo-reader: received 3 bytes (raw), digest ");
+    r.expect(0).expect_stderr("fifo-reader: received 1 messages, 3 bytes, digest ");
     assert_eq!(r.stdout_text(), "hi\n");
     dir.assert_clean();
 }
@@ -365,17 +322,11 @@ fn raw_mode_lets_cat_be_the_reader() {
     mkfifo(&path, 0o600);
     let cat = Running::spawn(Command::new("cat").arg(&path), LIMIT);
     let mut w = Running::spawn(
-        dir.command(WRITER)
-            .arg("--raw")
-            .arg("--path")
-            .arg(&path)
-            .stdin(Stdio::piped()),
+        dir.command(WRITER).arg("--raw").arg("--path").arg(&path).stdin(Stdio::piped()),
         LIMIT,
     );
     w.write_stdin(b"raw bytes\n");
-    w.finish()
-        .expect(0)
-        .expect_stderr("fifo-writer: sent 10 bytes (raw)");
+    w.finish().expect(0).expect_stderr("fifo-writer: sent 1 messages, 10 bytes, digest ");
     assert_eq!(cat.finish().stdout_text(), "raw bytes\n");
 }
 
@@ -383,9 +334,7 @@ fn raw_mode_lets_cat_be_the_reader() {
 fn pipe_size_is_raised_up_to_the_system_limit_only() {
     let dir = TestDir::new("fifo-pipesize");
     let r = reader(&dir, &["--pipe-size", "1M", "--count", "100"]);
-    writer(&dir, &["--count", "100", "--size", "200K"])
-        .finish()
-        .expect(0);
+    writer(&dir, &["--count", "100", "--size", "200K"]).finish().expect(0);
     r.finish().expect(0);
     let max: usize = fs::read_to_string("/proc/sys/fs/pipe-max-size")
         .expect("read")
@@ -394,14 +343,45 @@ fn pipe_size_is_raised_up_to_the_system_limit_only() {
         .expect("num");
     let too_big = (max * 2).to_string();
     let r = Running::spawn(
-        dir.command(READER)
-            .args(["--pipe-size", &too_big])
-            .stdin(Stdio::null()),
+        dir.command(READER).args(["--pipe-size", &too_big]).stdin(Stdio::null()),
         LIMIT,
     )
     .finish();
     r.expect(1)
         .expect_stderr("is above /proc/sys/fs/pipe-max-size")
         .expect_stderr("sysctl fs.pipe-max-size=");
+    dir.assert_clean();
+}
+
+#[test]
+fn the_reader_never_cuts_off_a_writer_it_has_heard_from() {
+    let dir = TestDir::new("fifo-cutoff");
+    // --writers 1 (the default), but two writers come: the first end frame must
+    // not end the run while the other writer is mid-stream.
+    let r = reader(&dir, &["--quiet"]);
+    let long = writer(&dir, &["--id", "1", "--count", "200000", "--size", "0..2000"]);
+    let pid = r.pid();
+    wait_until("the long writer to be under way", LIMIT, || bytes_read(pid) > 1 << 20);
+    // The short writer's end frame arrives while the long one is mid-stream.
+    let short = writer(&dir, &["--id", "2", "--count", "200", "--seed", "5"]).finish();
+    let long = long.finish();
+    let r = r.finish();
+    short.expect(0);
+    long.expect(0);
+    r.expect(0);
+    assert_eq!(r.writer_summary(1), long.summary());
+    assert_eq!(r.writer_summary(2), short.summary());
+    dir.assert_clean();
+}
+
+#[test]
+fn two_writers_sharing_an_id_are_told_to_use_different_ids() {
+    let dir = TestDir::new("fifo-same-id");
+    let r = reader(&dir, &["--writers", "2", "--quiet"]);
+    writer(&dir, &["--count", "3"]).finish().expect(0);
+    // The second writer may see the reader go (exit 3) or finish first (0).
+    let second = writer(&dir, &["--count", "3"]).finish();
+    assert!(matches!(second.code, Some(0 | 3)), "{}", second.stderr);
+    r.finish().expect(4).expect_stderr("several writers need different --id");
     dir.assert_clean();
 }

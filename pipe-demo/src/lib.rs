@@ -31,16 +31,22 @@
 //!   fifo-demo).
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use ipc_common::error::{Context, Error, Exit, Result};
+use ipc_common::signals;
+use ipc_common::wait::TICK;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
-use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigHandler, Signal, kill, signal};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{AccessFlags, ForkResult, Pid, access, dup2_stdin, execv, fork, isatty, pipe2};
+
+/// The poll tick in milliseconds.
+const TICK_MS: u16 = TICK.as_millis() as u16;
 
 /// A pipe's capacity unless raised: 16 pages.
 pub const DEFAULT_PIPE_SIZE: usize = 64 << 10;
@@ -66,10 +72,7 @@ pub fn pipe_max_size() -> Result<usize> {
     let text = std::fs::read_to_string(PIPE_MAX_SIZE_FILE)
         .context(|| format!("read {PIPE_MAX_SIZE_FILE}"))?;
     text.trim().parse().map_err(|_| {
-        Error::system(format!(
-            "{PIPE_MAX_SIZE_FILE}: not a number: {:?}",
-            text.trim()
-        ))
+        Error::system(format!("{PIPE_MAX_SIZE_FILE}: not a number: {:?}", text.trim()))
     })
 }
 
@@ -84,10 +87,7 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: usize) -> Result<usize> {
         return Err(Error::system(format!(
             "--pipe-size {bytes} is above {PIPE_MAX_SIZE_FILE} ({max})"
         ))
-        .hint(format!(
-            "raise it: sysctl fs.pipe-max-size={}",
-            bytes.next_power_of_two()
-        )));
+        .hint(format!("raise it: sysctl fs.pipe-max-size={}", bytes.next_power_of_two())));
     }
     let want = i32::try_from(bytes)
         .map_err(|_| Error::usage(format!("--pipe-size {bytes}: too large")))?;
@@ -115,13 +115,7 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     let path = me.with_file_name(name);
     // access X_OK now, so a missing reader is a clear error before anything forks.
     access(&path, AccessFlags::X_OK)
-        .context(|| {
-            format!(
-                "{name} not found beside {}: access {}",
-                me.display(),
-                path.display()
-            )
-        })
+        .context(|| format!("{name} not found beside {}: access {}", me.display(), path.display()))
         .map_err(|e| e.hint("build it: cargo build --release -p pipe-demo"))?;
     Ok(path)
 }
@@ -170,16 +164,41 @@ pub fn spawn_reader(read_end: OwnedFd, program: &Path, args: &[String]) -> Resul
     }
 }
 
+/// A descriptor for a child process that becomes readable when it exits.
+fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = Errno::result(fd).context(|| format!("pidfd_open {pid}"))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).unwrap_or(-1)) })
+}
+
 /// Waits for a child and turns its status into `Ok` (exit 0) or the error class
 /// its exit code means (SPEC §2), so the parent can exit with the same code.
+///
+/// The wait is a `poll` on a pidfd rather than a blocking `waitpid` (which the
+/// kernel restarts after our SIGINT handler and so would never notice it): a stop
+/// signal to us is passed on to the child, and we still wait for it to finish
+/// cleaning up, so no child outlives its parent.
 pub fn wait_child(pid: Pid, name: &str) -> Result<()> {
-    let status = loop {
-        // waitpid: reap the child; retried on EINTR (a signal to us is not the end).
-        match waitpid(pid, None) {
-            Err(Errno::EINTR) => {}
-            other => break other.context(|| format!("waitpid {name}"))?,
+    let pidfd = pidfd_open(pid)?;
+    let mut passed_on = false;
+    loop {
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        // poll the pidfd: readable once the child has exited.
+        match poll(&mut fds, PollTimeout::from(TICK_MS)) {
+            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(_) => break,
+            Err(e) => return Err(Error::errno("poll pidfd", e)),
         }
-    };
+        if let (Some(sig), false) = (signals::pending(), passed_on) {
+            // kill: pass the stop request on; the child cleans up and exits.
+            let _ = kill(pid, Signal::try_from(sig).ok());
+            passed_on = true;
+        }
+    }
+    // waitpid: reap it (it has exited, so this does not block).
+    let status = waitpid(pid, None).context(|| format!("waitpid {name}"))?;
     let exit = match status {
         WaitStatus::Exited(_, 0) => return Ok(()),
         WaitStatus::Exited(_, 127) => {
@@ -196,20 +215,13 @@ pub fn wait_child(pid: Pid, name: &str) -> Result<()> {
             _ => Exit::System,
         },
         WaitStatus::Signaled(_, sig, _) => {
-            return Err(Error::peer_lost(format!(
-                "{name} (pid {pid}) was killed by {sig}"
-            )));
+            return Err(Error::peer_lost(format!("{name} (pid {pid}) was killed by {sig}")));
         }
         other => {
-            return Err(Error::system(format!(
-                "{name} (pid {pid}): unexpected status {other:?}"
-            )));
+            return Err(Error::system(format!("{name} (pid {pid}): unexpected status {other:?}")));
         }
     };
-    Err(Error::new(
-        exit,
-        format!("{name} (pid {pid}) failed with exit status {}", exit.code()),
-    ))
+    Err(Error::new(exit, format!("{name} (pid {pid}) failed with exit status {}", exit.code())))
 }
 
 /// Forks a related process that needs no `exec`: it already has the pipes.

@@ -4,6 +4,9 @@
 //! next reader then refuses to start and names the leftover. This lists them all,
 //! in every namespace (private directory, `/dev/shm`, POSIX queues, System V), with
 //! the command that removes each one by hand. `make clean-ipc` runs `--remove`.
+//! Objects a running process still holds (its lock is taken) are listed as in
+//! use and never removed; a private directory that is not safe (a symbolic link,
+//! not ours, open to others) is refused rather than emptied.
 //!
 //! ```text
 //! $ ipc-clean
@@ -64,7 +67,9 @@ fn run(args: &Args) -> Result<usize> {
     }
     if !args.remove {
         for item in &found {
-            println!("{:<18} {}   ({})", item.kind, item.name, item.command());
+            let how =
+                if item.live { "in use by a running process".to_string() } else { item.command() };
+            println!("{:<18} {}   ({how})", item.kind, item.name);
         }
         let s = if found.len() == 1 { "" } else { "s" };
         ipc_common::say!(
@@ -75,6 +80,15 @@ fn run(args: &Args) -> Result<usize> {
     }
     let mut left = 0;
     for item in &found {
+        if item.live {
+            ipc_common::say!(
+                "{BIN}: kept {} {}: in use by a running process",
+                item.kind,
+                item.name
+            );
+            left += 1;
+            continue;
+        }
         match item.remove() {
             Ok(()) => ipc_common::say!("{BIN}: removed {} {}", item.kind, item.name),
             Err(err) => {

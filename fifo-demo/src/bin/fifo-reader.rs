@@ -83,17 +83,13 @@ fn run(args: &Args) -> Result<()> {
     if args.raw {
         // 2. Raw: copy bytes to standard output until the writer closes.
         let fd = fifo.open_reader()?;
-        wait_for_writer(
-            fd.as_fd(),
-            &path,
-            &Deadline::after(common.timeout()),
-            common.timeout(),
-        )?;
+        wait_for_writer(fd.as_fd(), &path, &Deadline::after(common.timeout()), common.timeout())?;
         pump_raw(BIN, "received", fd.as_fd(), stdout().as_fd(), "FIFO")?;
         return Ok(());
     }
     // 2. Read frames from each writer until --writers end frames have come.
-    let mut source = FifoSource::new(&fifo, opts.max_frame, common.timeout())?;
+    let announce = (!common.quiet).then_some(BIN);
+    let mut source = FifoSource::new(&fifo, opts.max_frame, common.timeout(), announce)?;
     run_reader(BIN, "fifo", &mut source, &opts)?;
     // 3. `fifo` drops here (and on every error path above): the FIFO is unlinked.
     Ok(())

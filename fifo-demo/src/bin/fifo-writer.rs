@@ -13,9 +13,10 @@
 //! ```
 //!
 //! The reader creates and removes the FIFO; a writer started first waits up to
-//! `--timeout` for it. Every frame is one `writev`: at most `PIPE_BUF` (4096)
-//! bytes it is atomic, so frames of concurrent writers never mix; above it the
-//! writer says so. Partner: `fifo-reader`. See fifo(7), pipe(7) on PIPE_BUF.
+//! `--timeout` for it. Whole frames go out in writes of at most `PIPE_BUF`
+//! (4096) bytes, which the kernel keeps whole, so frames of concurrent writers
+//! never mix; a larger frame, written alone, may, and the writer says so.
+//! Partner: `fifo-reader`. See fifo(7), pipe(7) on PIPE_BUF.
 
 use std::io::stdin;
 use std::os::fd::AsFd;
@@ -70,7 +71,7 @@ fn run(args: &Args) -> Result<()> {
         pump_raw(BIN, "sent", stdin().as_fd(), fd.as_fd(), "FIFO")?;
         return Ok(());
     }
-    // 2. One writev per frame, then the end frame; closing the descriptor is our EOF.
+    // 2. Frames in atomic writes, then the end frame; closing the descriptor is our EOF.
     let mut sink = FifoSink::new(fd, &path, BIN, common.quiet)?;
     run_writer(BIN, &mut sink, &opts, stdin().as_fd())?;
     Ok(())
