@@ -24,8 +24,8 @@ lint: ## rustfmt --check and clippy -D warnings
 clean-ipc: build ## remove whatever a killed run left (FIFOs, queues, segments...)
 	$(BIN)/ipc-clean --remove
 
-bench: build ## measure: framed pipe throughput against dd | cat, and round trips
-	@sh scripts/pipe-bench.sh $(BIN)
+bench: build ## measure: pipe throughput against dd | cat, round trips, messages/s of queues vs the pipe
+	@sh scripts/bench.sh $(BIN)
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12

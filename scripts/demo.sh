@@ -17,9 +17,9 @@ counts() { sed -n 's/.*: \(sent\|received\) \([0-9]* messages, [0-9]* bytes\).*/
 report() {
     w=$(digest "$tmp/w"); r=$(digest "$tmp/r")
     if [ "$2" = 0 ] && [ -n "$w" ] && [ "$w" = "$r" ]; then
-        printf '%-7s ok    %-30s digest %s   $ %s\n' "$1" "$(counts "$tmp/r")" "$r" "$3"
+        printf '%-9s ok    %-30s digest %s   $ %s\n' "$1" "$(counts "$tmp/r")" "$r" "$3"
     else
-        printf '%-7s FAIL  $ %s\n' "$1" "$3"
+        printf '%-9s FAIL  $ %s\n' "$1" "$3"
         sed 's/^/        /' "$tmp/w" "$tmp/r"
         failed=1
     fi
@@ -48,5 +48,15 @@ reader=$!
 st=$?
 wait $reader || st=1
 report fifo $st "fifo-reader --count 1000   and   fifo-writer --count 1000 --size 0..4K"
+
+# mq: the reader makes the queue; the writer waits for it. Both standards.
+for api in posix sysv; do
+    "$B/mq-reader" --api $api --count 1000 --timeout 10 2>"$tmp/r" &
+    reader=$!
+    "$B/mq-writer" --api $api --count 1000 --size 0..4K 2>"$tmp/w"
+    st=$?
+    wait $reader || st=1
+    report "mq-$api" $st "mq-reader --api $api --count 1000   and   mq-writer --api $api --count 1000 --size 0..4K"
+done
 
 exit $failed

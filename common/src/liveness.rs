@@ -34,6 +34,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl, open};
 use nix::sys::stat::{FileStat, Mode, fstat};
+use nix::sys::uio::{pread, pwrite};
+use nix::unistd::ftruncate;
 
 use crate::error::{Context, Error, Result};
 use crate::paths::{check_ours, remove_if_same};
@@ -84,6 +86,14 @@ fn held_elsewhere(fd: &OwnedFd, kind: i32, path: &Path) -> Result<bool> {
     Ok(i32::from(fl.l_type) != libc::F_UNLCK)
 }
 
+/// The whole (small) content of a lock file.
+fn read_all(fd: &OwnedFd, path: &Path) -> Result<String> {
+    let mut buf = [0u8; 512];
+    // pread at 0: the file position is nobody's business.
+    let n = pread(fd, &mut buf, 0).context(|| format!("pread {}", path.display()))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 fn open_lock_file(path: &Path, create: bool) -> Result<Option<(OwnedFd, FileStat)>> {
     let mut flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     if create {
@@ -121,6 +131,8 @@ pub struct ReaderPresence {
     writers_path: PathBuf,
     ids: [(u64, u64); 2],
     keep: bool,
+    previous: String,
+    published: bool,
 }
 
 impl ReaderPresence {
@@ -149,6 +161,10 @@ impl ReaderPresence {
             let Some((writers, wst)) = open_lock_file(&writers_path, true)? else {
                 continue;
             };
+            // What the last reader published (a killed one's stale object, say);
+            // then clear it, so writers wait for what we publish.
+            let previous = read_all(&reader, &reader_path)?;
+            ftruncate(&reader, 0).context(|| format!("ftruncate {}", reader_path.display()))?;
             return Ok(ReaderPresence {
                 reader,
                 writers,
@@ -156,6 +172,8 @@ impl ReaderPresence {
                 writers_path,
                 ids: [(rst.st_dev, rst.st_ino), (wst.st_dev, wst.st_ino)],
                 keep: false,
+                previous,
+                published: false,
             });
         }
     }
@@ -168,6 +186,31 @@ impl ReaderPresence {
     /// The reader's lock file: `ftok` names System V objects after it.
     pub fn reader_path(&self) -> &Path {
         &self.reader_path
+    }
+
+    /// What the previous reader of this name published ([`ReaderPresence::publish`]):
+    /// after a crash, which object it left.
+    pub fn previous(&self) -> &str {
+        &self.previous
+    }
+
+    /// Records `text` in the reader lock file for writers to read: which object
+    /// this reader made (a System V key and id, say). Writers find nothing
+    /// there until this is called.
+    ///
+    /// Publishing also marks the object as this reader's: on drop the lock files
+    /// go with it. A reader that stops before publishing (it found a stale
+    /// object, say) puts the previous record back and leaves the files, so the
+    /// stale object stays findable by the next reader and by `ipc-clean`.
+    pub fn publish(&mut self, text: &str) -> Result<()> {
+        self.published = true;
+        let path = self.reader_path.display();
+        // pwrite at offset 0 of the emptied file: one write, read whole by writers.
+        let n = pwrite(&self.reader, text.as_bytes(), 0).context(|| format!("pwrite {path}"))?;
+        if n != text.len() {
+            return Err(Error::system(format!("pwrite {path}: short write")));
+        }
+        Ok(())
     }
 
     /// Leave the lock files in place on drop (with `--keep`, the object stays too).
@@ -183,11 +226,17 @@ impl ReaderPresence {
 
 impl Drop for ReaderPresence {
     fn drop(&mut self) {
-        if !self.keep {
-            // Remove only the files we locked; our locks go with our descriptors.
-            remove_if_same(&self.writers_path, self.ids[1].0, self.ids[1].1);
-            remove_if_same(&self.reader_path, self.ids[0].0, self.ids[0].1);
+        if self.keep {
+            return;
         }
+        if !self.published && !self.previous.is_empty() {
+            // We made nothing: leave the record of what a killed reader left.
+            let _ = pwrite(&self.reader, self.previous.as_bytes(), 0);
+            return;
+        }
+        // Remove only the files we locked; our locks go with our descriptors.
+        remove_if_same(&self.writers_path, self.ids[1].0, self.ids[1].1);
+        remove_if_same(&self.reader_path, self.ids[0].0, self.ids[0].1);
     }
 }
 
@@ -223,6 +272,11 @@ impl WriterPresence {
     /// Whether the reader still holds its lock.
     pub fn reader_present(&self) -> Result<bool> {
         held_elsewhere(&self.reader, libc::F_RDLCK, &self.reader_path)
+    }
+
+    /// What the reader published ([`ReaderPresence::publish`]); empty until then.
+    pub fn published(&self) -> Result<String> {
+        read_all(&self.reader, &self.reader_path)
     }
 
     /// The reader's lock file (its path names the System V key).
@@ -271,6 +325,30 @@ mod tests {
         drop(reader);
         assert!(!writer.reader_present().unwrap());
         assert!(!reader_lock_path(&dir, "q").exists(), "the reader removes its lock files");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn what_a_reader_publishes_survives_a_reader_that_made_nothing() {
+        let dir = scratch("publish");
+        let mut first = ReaderPresence::claim(&dir, "q", "queue q").unwrap();
+        first.publish("key=0x4d000001 id=7\n").unwrap();
+        let writer = WriterPresence::join(&dir, "q").unwrap().unwrap();
+        assert_eq!(writer.published().unwrap(), "key=0x4d000001 id=7\n");
+        drop(writer);
+        first.keep(); // killed: the record stays
+        drop(first);
+        // A reader that finds the stale object and stops keeps the record...
+        let second = ReaderPresence::claim(&dir, "q", "queue q").unwrap();
+        assert_eq!(second.previous(), "key=0x4d000001 id=7\n");
+        drop(second);
+        assert!(reader_lock_path(&dir, "q").exists());
+        // ...for the next one, which publishes its own and removes the files on exit.
+        let mut third = ReaderPresence::claim(&dir, "q", "queue q").unwrap();
+        assert_eq!(third.previous(), "key=0x4d000001 id=7\n");
+        third.publish("key=0x4d000001 id=8\n").unwrap();
+        drop(third);
+        assert!(!reader_lock_path(&dir, "q").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

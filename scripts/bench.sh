@@ -1,7 +1,8 @@
 #!/bin/sh
 # Framed pipe throughput next to the raw pipe, measured in the same run, plus
-# round-trip latency. (ipc-bench, issue 8, will cover every mechanism.)
-# Usage: sh scripts/pipe-bench.sh [BIN_DIR]      (make bench)
+# round-trip latency, and messages per second through each queue next to the
+# pipe's. (ipc-bench, issue 8, will cover every mechanism.)
+# Usage: sh scripts/bench.sh [BIN_DIR]      (make bench)
 set -u
 B=${1:-target/release}
 N=200000
@@ -33,3 +34,19 @@ done
 echo
 "$B/pipe-duplex" --count 20000 2>&1 | grep 'round trips'
 taskset -c 0 "$B/pipe-duplex" --count 20000 2>&1 | grep 'round trips' | sed 's/$/   (both on CPU 0)/'
+
+echo
+# Messages per second: queues next to the pipe, same run. The reader is started
+# first and the writer waits for its queue, as in the two-terminal use.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+printf '%-10s %-22s %s\n' frames what "messages/s (best of 3)"
+for size in 64 4096; do
+    n=$N
+    rate() { awk -v n="$n" -v s="$1" 'BEGIN{printf "%.2f M/s", n / s / 1e6}'; }
+    t=$(secs "$B/pipe-writer --count $n --size $size | $B/pipe-reader --count $n")
+    printf '%-10s %-22s %s\n' "$size B" "pipe" "$(rate "$t")"
+    for api in posix sysv; do
+        t=$(secs "$B/mq-reader --api $api --count $n & $B/mq-writer --api $api --count $n --size $size; wait")
+        printf '%-10s %-22s %s\n' "$size B" "mq $api" "$(rate "$t")"
+    done
+done
