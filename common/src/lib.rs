@@ -14,6 +14,8 @@
 //! - [`paths`]: the private directory, POSIX names, and the safety checks on both;
 //! - [`signals`] and [`wait`]: SIGINT/SIGTERM as a flag, and bounded waits that watch it;
 //! - [`clean`]: finding what a killed run left, for `ipc-clean`;
+//! - [`ring`]: a single-producer, single-consumer ring of frames in any shared
+//!   memory region (shared memory segments, mapped files);
 //! - [`stats`]: latency percentiles;
 //! - `testkit` (feature): running the real binaries in pairs from tests.
 //!
@@ -36,6 +38,7 @@ pub mod liveness;
 pub mod opts;
 pub mod paths;
 pub mod payload;
+pub mod ring;
 pub mod signals;
 pub mod stats;
 pub mod stream;
