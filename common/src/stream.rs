@@ -11,7 +11,8 @@
 //! - [`StreamSource`] reads into one reused buffer and lends each frame from it.
 //!   The header is checked before the buffer grows for the payload, so a length
 //!   of 0xFFFFFFF0 is refused without allocating. The buffer only grows when a
-//!   frame larger than any before arrives: no allocation per frame.
+//!   frame larger than any before arrives, and then only as its bytes do: no
+//!   allocation per frame, and no memory promised to a length nobody sends.
 //!
 //! Both make their descriptor non-blocking and wait with `poll` in ticks
 //! ([`crate::wait`]), so SIGINT is noticed even while the peer is stalled, and put
@@ -239,17 +240,20 @@ impl<F: AsFd> StreamSource<F> {
         if self.end - self.start >= need {
             return Ok(true);
         }
-        if self.buf.len() - self.start < need {
-            if self.buf.len() < need {
-                // A frame larger than any before: grow once (len was checked already).
-                self.buf.resize(need.max(self.buf.len() * 2).min(need + STREAM_BUFFER), 0);
-            }
+        if self.buf.len() - self.start < need && self.start > 0 {
             // Move the partial frame to the front to make room after it.
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
         while self.end - self.start < need {
+            if self.end == self.buf.len() {
+                // A frame larger than the buffer: grow, doubling, as its bytes
+                // arrive — a peer that announces 16 MiB and sends 100 bytes
+                // gets no 16 MiB of our memory.
+                let wanted = self.start + need;
+                self.buf.resize((self.buf.len() * 2).min(wanted).max(self.buf.len() + 1), 0);
+            }
             // read: as much as the kernel has, up to the free space in the buffer.
             match read(self.fd.as_fd(), &mut self.buf[self.end..]) {
                 // End of file; a stream socket whose peer reset is the same to us.
