@@ -109,6 +109,47 @@ pub trait Peer {
     fn alive(&mut self) -> Result<bool>;
 }
 
+/// Waits until `ready()` holds (steps 4 and 5 of the protocol): spins `spin`
+/// times, then raises `flag`, looks once more, and sleeps on `bell` a tick at a
+/// time, checking the stop signal and `peer` after each quiet tick. `Ok(false)`
+/// if the peer is gone and `ready()` still does not hold.
+fn sleep_until(
+    flag: &AtomicU32,
+    bell: &impl Doorbell,
+    peer: &mut impl Peer,
+    spin: u32,
+    ready: &mut impl FnMut() -> bool,
+) -> Result<bool> {
+    let mut spins = 0;
+    loop {
+        if ready() {
+            return Ok(true);
+        }
+        if spins < spin {
+            spins += 1;
+            std::hint::spin_loop();
+            continue;
+        }
+        let ticket = bell.prepare();
+        // Raise the flag, fence, look again: pairs with the other side's
+        // publish, fence, look at the flag.
+        flag.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if ready() {
+            if flag.swap(0, Ordering::AcqRel) == 0 {
+                bell.drain()?; // the other side rang for a sleep we skipped
+            }
+            return Ok(true);
+        }
+        if !bell.wait(ticket, TICK)? {
+            signals::check()?;
+            if !peer.alive()? {
+                return Ok(ready());
+            }
+        }
+    }
+}
+
 /// The largest record (frame plus padding) a ring of `capacity` bytes takes.
 #[must_use]
 pub fn max_frame_len(capacity: usize) -> usize {
@@ -218,38 +259,20 @@ impl<D: Doorbell, P: Peer> Producer<'_, D, P> {
 
     /// Waits until `need` bytes are free.
     fn wait_room(&mut self, need: usize) -> Result<()> {
-        let mut spins = 0;
-        loop {
-            if self.free() >= need {
-                return Ok(());
-            }
-            self.tail = self.control.tail.0.load(Ordering::Acquire);
-            if self.free() >= need {
-                return Ok(());
-            }
-            if spins < self.spin {
-                spins += 1;
-                std::hint::spin_loop();
-                continue;
-            }
-            let flag = &self.control.flags.0.writer_waiting;
-            let ticket = self.room_bell.prepare();
-            flag.store(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            self.tail = self.control.tail.0.load(Ordering::Acquire);
-            if self.free() >= need {
-                if flag.swap(0, Ordering::AcqRel) == 0 {
-                    self.room_bell.drain()?; // the reader rang for a sleep we skipped
-                }
-                return Ok(());
-            }
-            if !self.room_bell.wait(ticket, TICK)? {
-                signals::check()?;
-                if !self.peer.alive()? {
-                    return Err(Error::peer_lost("reader went away"));
-                }
-            }
+        if self.free() >= need {
+            return Ok(());
         }
+        let (control, capacity, head) = (self.control, self.capacity, self.head);
+        let tail = &mut self.tail;
+        let mut room = || {
+            *tail = control.tail.0.load(Ordering::Acquire);
+            capacity - (head - *tail) as usize >= need
+        };
+        let flag = &control.flags.0.writer_waiting;
+        if sleep_until(flag, &self.room_bell, &mut self.peer, self.spin, &mut room)? {
+            return Ok(());
+        }
+        Err(Error::peer_lost("reader went away"))
     }
 
     /// Marks the stream finished (after the end frame): a file-backed ring
@@ -365,37 +388,20 @@ impl<D: Doorbell, P: Peer> Consumer<'_, D, P> {
 
     /// Waits for data; `Ok(false)` once the writer is gone and the ring empty.
     fn wait_data(&mut self) -> Result<bool> {
-        let mut spins = 0;
-        loop {
-            self.head = self.control.head.0.load(Ordering::Acquire);
-            if self.head > self.tail {
-                return Ok(true);
-            }
-            if spins < self.spin {
-                spins += 1;
-                std::hint::spin_loop();
-                continue;
-            }
-            let flag = &self.control.flags.0.reader_waiting;
-            let ticket = self.data_bell.prepare();
-            flag.store(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            self.head = self.control.head.0.load(Ordering::Acquire);
-            if self.head > self.tail {
-                if flag.swap(0, Ordering::AcqRel) == 0 {
-                    self.data_bell.drain()?;
-                }
-                return Ok(true);
-            }
-            if !self.data_bell.wait(ticket, TICK)? {
-                signals::check()?;
-                if !self.peer.alive()? {
-                    // Gone: whatever it published before dying is still ours to read.
-                    self.head = self.control.head.0.load(Ordering::Acquire);
-                    return Ok(self.head > self.tail);
-                }
-            }
-        }
+        let (control, tail) = (self.control, self.tail);
+        let head = &mut self.head;
+        let mut data = || {
+            *head = control.head.0.load(Ordering::Acquire);
+            *head > tail
+        };
+        // A writer that is gone may still have published frames: they are ours to read.
+        sleep_until(
+            &control.flags.0.reader_waiting,
+            &self.data_bell,
+            &mut self.peer,
+            self.spin,
+            &mut data,
+        )
     }
 
     fn corrupt(&self, what: &str) -> Error {
