@@ -216,7 +216,7 @@ macro_rules! writer_args {
             /// writer id put in every frame, so one reader can tell writers apart (default 0)
             #[argh(option, default = "0", arg_name = "K")]
             pub id: u16,
-            /// seconds to wait for the reader's object to exist; 0 waits forever (default 10)
+            /// seconds to wait for the other side to be ready (the reader's object, most often); 0 waits forever (default 10)
             #[argh(option, default = "10", arg_name = "SECS")]
             pub timeout: u64,
             /// print only the summary line and errors
