@@ -16,6 +16,7 @@
 //! - [`clean`]: finding what a killed run left, for `ipc-clean`;
 //! - [`ring`]: a single-producer, single-consumer ring of frames in any shared
 //!   memory region (shared memory segments, mapped files);
+//! - [`process`]: `fork`, reaping a child through a pidfd, passing its exit code on;
 //! - [`stats`]: latency percentiles;
 //! - `testkit` (feature): running the real binaries in pairs from tests.
 //!
@@ -38,6 +39,7 @@ pub mod liveness;
 pub mod opts;
 pub mod paths;
 pub mod payload;
+pub mod process;
 pub mod ring;
 pub mod signals;
 pub mod stats;

@@ -468,13 +468,22 @@ impl<D: Doorbell, P: Peer> FrameSource for Consumer<'_, D, P> {
 #[derive(Debug, Clone, Copy)]
 pub struct FutexBell<'r> {
     word: &'r AtomicU32,
+    wakes: i32,
 }
 
 impl<'r> FutexBell<'r> {
-    /// A bell on `word`, which both processes see in shared memory.
+    /// A bell on `word`, which both processes see in shared memory; a ring
+    /// wakes one sleeper (there is one: the other end of a ring).
     #[must_use]
     pub fn new(word: &'r AtomicU32) -> Self {
-        FutexBell { word }
+        FutexBell { word, wakes: 1 }
+    }
+
+    /// A bell that wakes every sleeper: for one writer and several readers
+    /// (a log that many follow).
+    #[must_use]
+    pub fn broadcast(word: &'r AtomicU32) -> Self {
+        FutexBell { word, wakes: i32::MAX }
     }
 }
 
@@ -515,10 +524,18 @@ impl Doorbell for FutexBell<'_> {
 
     fn ring(&self) -> Result<()> {
         self.word.fetch_add(1, Ordering::Release);
-        // futex(FUTEX_WAKE): wake the one waiter, if it sleeps.
+        // futex(FUTEX_WAKE): wake the waiter(s), if any sleep.
         // SAFETY: as above; FUTEX_WAKE reads no memory but the word's address.
         let rc = unsafe {
-            libc::syscall(libc::SYS_futex, self.word.as_ptr(), libc::FUTEX_WAKE, 1, 0, 0, 0)
+            libc::syscall(
+                libc::SYS_futex,
+                self.word.as_ptr(),
+                libc::FUTEX_WAKE,
+                self.wakes,
+                0,
+                0,
+                0,
+            )
         };
         nix::errno::Errno::result(rc).map(drop).map_err(|e| Error::errno("futex FUTEX_WAKE", e))
     }
