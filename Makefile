@@ -24,7 +24,7 @@ lint: ## rustfmt --check and clippy -D warnings
 clean-ipc: build ## remove whatever a killed run left (FIFOs, queues, segments...)
 	$(BIN)/ipc-clean --remove
 
-bench: build ## measure: pipe throughput against dd | cat, round trips, messages/s of queues vs the pipe
+bench: build ## measure: pipe vs dd, round trips, queues and shared memory vs the pipe
 	@sh scripts/bench.sh $(BIN)
 
 help: ## this list

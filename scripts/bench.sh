@@ -50,3 +50,15 @@ for size in 64 4096; do
         printf '%-10s %-22s %s\n' "$size B" "mq $api" "$(rate "$t")"
     done
 done
+
+echo
+# Throughput of 64 KiB frames: the copying pipe next to the shared memory ring.
+n=50000
+bytes=$((n * 65536))
+printf '%-40s %s\n' "64 KiB frames, $n of them" "throughput (best of 3)"
+t=$(secs "$B/pipe-writer --count $n --size 64K | $B/pipe-reader --count $n")
+printf '%-40s %s\n' "pipe" "$(mbs $bytes "$t")"
+for api in posix sysv; do
+    t=$(secs "$B/shm-reader --api $api --count $n & $B/shm-writer --api $api --count $n --size 64K; wait")
+    printf '%-40s %s\n' "shm $api (1 MiB ring)" "$(mbs $bytes "$t")"
+done

@@ -59,4 +59,31 @@ for api in posix sysv; do
     report "mq-$api" $st "mq-reader --api $api --count 1000   and   mq-writer --api $api --count 1000 --size 0..4K"
 done
 
+# sem: the bounded buffer (8 slots in POSIX shm; empty/full named semaphores, a robust mutex as the lock); the writer waits for the reader.
+"$B/sem-reader" --count 1000 --timeout 10 2>"$tmp/r" &
+reader=$!
+"$B/sem-writer" --count 1000 --size 0..4K 2>"$tmp/w"
+st=$?
+wait $reader || st=1
+report sem $st "sem-reader --count 1000   and   sem-writer --count 1000 --size 0..4K"
+
+# sem, System V: the same buffer guarded by one System V set of three semaphores.
+"$B/sem-reader" --lock sysv --count 1000 --timeout 10 2>"$tmp/r" &
+reader=$!
+"$B/sem-writer" --count 1000 --size 0..4K 2>"$tmp/w"
+st=$?
+wait $reader || st=1
+report sem-v $st "sem-reader --lock sysv --count 1000   and   sem-writer --count 1000 --size 0..4K"
+
+# shm: the reader makes the segment and its ring; the writer attaches and
+# removes the name (crash-safe). Both standards.
+for api in posix sysv; do
+    "$B/shm-reader" --api $api --count 1000 --timeout 10 2>"$tmp/r" &
+    reader=$!
+    "$B/shm-writer" --api $api --count 1000 --size 0..64K 2>"$tmp/w"
+    st=$?
+    wait $reader || st=1
+    report "shm-$api" $st "shm-reader --api $api --count 1000   and   shm-writer --api $api --count 1000 --size 0..64K"
+done
+
 exit $failed
