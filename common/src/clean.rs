@@ -10,11 +10,11 @@
 //! | private directory | its entries | all of them |
 //! | POSIX shm and named semaphores | `/dev/shm` | `ipc-demos.<uid>.*`, `sem.ipc-demos.<uid>.*`, owned by us |
 //! | POSIX message queues | `/dev/mqueue` when mounted; else the default name and the names our lock files record | `ipc-demos.<uid>.*`, or recorded, owned by us |
-//! | System V msg, shm, sem | `/proc/sysvipc/*` | owned by us, key made by `ftok` from a file in the private directory |
+//! | System V msg, shm, sem | `/proc/sysvipc/*` | owned by us, with the key and id a reader's lock file records |
 //!
 //! # Pitfalls
 //! Without a mounted `/dev/mqueue` the kernel offers no list of POSIX queues, and
-//! a System V object made with an explicit `--key`, or whose key file is gone, has
+//! a System V object whose record is gone (its lock file removed by hand) has
 //! nothing that marks it ours: `ipcs` and `ipcrm` remain the tools for those.
 
 use std::fs;
@@ -159,6 +159,8 @@ struct Directory {
     live: HashSet<PathBuf>,
     /// POSIX names (without the slash) that a live reader's lock file records.
     live_names: HashSet<String>,
+    /// System V objects the readers' lock files record: (key, id, live).
+    records: Vec<(u32, i32, bool)>,
 }
 
 /// Everything of ours, with `dir` as the private directory and `prefix` as the
@@ -220,7 +222,12 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn read_directory(dir: &Path) -> Result<Directory> {
-    let mut d = Directory { entries: Vec::new(), live: HashSet::new(), live_names: HashSet::new() };
+    let mut d = Directory {
+        entries: Vec::new(),
+        live: HashSet::new(),
+        live_names: HashSet::new(),
+        records: Vec::new(),
+    };
     if paths::lstat_opt(dir)?.is_none() {
         return Ok(d);
     }
@@ -252,7 +259,40 @@ fn read_directory(dir: &Path) -> Result<Directory> {
             }
         }
     }
+    for (path, st) in &d.entries {
+        if file_kind(st) == SFlag::S_IFREG && st.st_size <= 4096 {
+            let live = d.live.contains(path);
+            let text = fs::read_to_string(path).unwrap_or_default();
+            d.records.extend(recorded_objects(&text).into_iter().map(|(key, id)| (key, id, live)));
+        }
+    }
     Ok(d)
+}
+
+/// The System V objects a reader recorded in its lock file
+/// ([`crate::liveness::ReaderPresence::publish`]): pairs of `<x>key=0x...` and
+/// `<x>id=N` with the same `<x>` (`key=`/`id=`, `shm_key=`/`shm_id=`...).
+#[must_use]
+pub fn recorded_objects(text: &str) -> Vec<(u32, i32)> {
+    let mut keys = Vec::new();
+    let mut ids = Vec::new();
+    for word in text.split_whitespace() {
+        let Some((name, value)) = word.split_once('=') else { continue };
+        if let Some(prefix) = name.strip_suffix("key") {
+            let key = match value.strip_prefix("0x") {
+                Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                None => value.parse::<i32>().ok().map(|k| u32::from_ne_bytes(k.to_ne_bytes())),
+            };
+            keys.extend(key.map(|k| (prefix.to_string(), k)));
+        } else if let Some(prefix) = name.strip_suffix("id") {
+            ids.extend(value.parse::<i32>().ok().map(|i| (prefix.to_string(), i)));
+        }
+    }
+    keys.into_iter()
+        .filter_map(|(prefix, key)| {
+            ids.iter().find(|(p, _)| *p == prefix).map(|(_, id)| (key, *id))
+        })
+        .collect()
 }
 
 /// Whether a running process holds a lock on this file: an OFD/POSIX record
@@ -352,21 +392,11 @@ fn scan_posix_queues(d: &Directory, prefix: &str) -> Vec<Leftover> {
     found
 }
 
-/// `ftok`'s recipe (glibc): `(proj << 24) | (dev & 0xff) << 16 | (ino & 0xffff)`, minus the proj.
-#[must_use]
-pub fn ftok_suffix(dev: u64, ino: u64) -> u32 {
-    (((dev & 0xff) << 16) | (ino & 0xffff)) as u32
-}
-
-/// System V objects of ours: owned by us, with a key `ftok` makes from a file in
-/// the private directory (the low 24 bits are the file's device and inode; the
-/// top 8 are the project id, any of which we may have used).
+/// System V objects of ours: owned by us, with the key and id a reader's lock
+/// file in the private directory records. Not "any key `ftok` could make from
+/// one of our files": `ftok` keys collide across directories, and another
+/// directory's queue must never be listed as ours, let alone removed.
 fn scan_sysv(kind: SysvKind, d: &Directory) -> Result<Vec<Leftover>> {
-    let suffixes: Vec<(u32, bool)> = d
-        .entries
-        .iter()
-        .map(|(path, st)| (ftok_suffix(st.st_dev, st.st_ino), d.live.contains(path)))
-        .collect();
     let text = match fs::read_to_string(kind.proc_file()) {
         Ok(t) => t,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Vec::new()),
@@ -390,9 +420,9 @@ fn scan_sysv(kind: SysvKind, d: &Directory) -> Result<Vec<Leftover>> {
         };
         // The key column is a signed int: take its 32 bits as the kernel stores them.
         let key = u32::from_ne_bytes((key as i32).to_ne_bytes());
-        let source = suffixes.iter().find(|(suffix, _)| *suffix == key & 0x00ff_ffff);
-        if let (true, Some(&(_, live))) = (owner == i64::from(uid()) && key != 0, source) {
-            let id = i32::try_from(id).unwrap_or(-1);
+        let id = i32::try_from(id).unwrap_or(-1);
+        let record = d.records.iter().find(|(k, i, _)| *k == key && *i == id);
+        if let (true, Some(&(_, _, live))) = (owner == i64::from(uid()), record) {
             found.push(Leftover {
                 kind: kind.label(),
                 name: format!("key {key:#010x} id {id}"),
@@ -409,8 +439,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ftok_suffix_matches_glibc() {
-        // glibc: key = (st_ino & 0xffff) | ((st_dev & 0xff) << 16) | (proj_id << 24)
-        assert_eq!(ftok_suffix(0x1234_56fe, 0xabcd_ef12), 0x00fe_ef12);
+    fn records_pair_keys_and_ids_by_prefix() {
+        let text = "shm_key=0x48000123 shm_id=98310 sem_key=0x53000123 sem_id=7\n";
+        assert_eq!(recorded_objects(text), vec![(0x4800_0123, 98310), (0x5300_0123, 7)]);
+        assert_eq!(recorded_objects("key=0x4d0000cb id=7\n"), vec![(0x4d00_00cb, 7)]);
+        assert!(recorded_objects("name=/ipc-demos.0.mq\n").is_empty());
     }
 }

@@ -327,10 +327,14 @@ impl<'a> Validator<'a> {
                 self.frames + 1,
                 err.message()
             )),
-            Exit::PeerLost => match self.got.active() {
-                Some(w) => self.vanished(w, err.message()),
-                None => Error::peer_lost(format!("{}: {}", self.mech, err.message())),
-            },
+            Exit::PeerLost => {
+                let named =
+                    err.writer().and_then(|id| self.got.writers.iter().find(|w| w.id == id));
+                match named.or_else(|| self.got.active()) {
+                    Some(w) => self.vanished(w, err.message()),
+                    None => Error::peer_lost(format!("{}: {}", self.mech, err.message())),
+                }
+            }
             _ => err,
         }
     }

@@ -49,6 +49,7 @@ impl Exit {
 pub struct Error {
     exit: Exit,
     message: String,
+    writer: Option<u16>,
 }
 
 /// The result type of everything in the workspace.
@@ -57,7 +58,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error of class `exit` with `message`.
     pub fn new(exit: Exit, message: impl Into<String>) -> Self {
-        Self { exit, message: message.into() }
+        Self { exit, message: message.into(), writer: None }
     }
 
     /// A kernel call failed, a limit was hit, or an object is unsafe (exit 1).
@@ -108,6 +109,21 @@ impl Error {
     pub fn with_exit(mut self, exit: Exit) -> Self {
         self.exit = exit;
         self
+    }
+
+    /// Says which writer this is about, when the source knows (a shared buffer
+    /// that saw writer 2 die in its critical section, say): the reader then
+    /// names that writer, not just the first one still open.
+    #[must_use]
+    pub fn for_writer(mut self, id: u16) -> Self {
+        self.writer = Some(id);
+        self
+    }
+
+    /// The writer this error is about, if the source said.
+    #[must_use]
+    pub fn writer(&self) -> Option<u16> {
+        self.writer
     }
 
     /// The class of this error.

@@ -39,31 +39,47 @@ fn lists_and_removes_leftovers_in_the_private_directory() {
 
 /// A System V queue whose key `ftok` made from a file in the private directory.
 #[test]
-fn lists_and_removes_a_sysv_queue_keyed_from_the_private_directory() {
+fn lists_and_removes_a_recorded_sysv_queue_and_only_that() {
     let dir = TestDir::new("clean-sysv");
     let private = dir.private();
     fs::DirBuilder::new().mode(0o700).create(&private).expect("mkdir");
-    let keyfile = private.join("mq.key");
+    let keyfile = private.join("mq-sysv.reader.lock");
     fs::write(&keyfile, b"").expect("key file");
     let path = CString::new(keyfile.as_os_str().as_bytes()).expect("path");
-    // SAFETY: ftok reads the path; msgget creates a queue we remove below (or ipc-clean does).
-    let id = unsafe {
+    // Two queues with ftok keys of our lock file; only one is recorded in it,
+    // as a reader records the queue it made. The other stands for a colliding
+    // key from another directory: never ours to list or remove.
+    // SAFETY: ftok reads the path; msgget creates queues we remove below (or ipc-clean does).
+    let (key, id, other) = unsafe {
         let key = libc::ftok(path.as_ptr(), 0x51);
-        assert_ne!(key, -1);
-        libc::msgget(key, libc::IPC_CREAT | libc::IPC_EXCL | 0o600)
+        let other_key = libc::ftok(path.as_ptr(), 0x52);
+        assert!(key != -1 && other_key != -1);
+        let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
+        (key, libc::msgget(key, flags), libc::msgget(other_key, flags))
     };
-    assert!(id >= 0, "msgget: {}", std::io::Error::last_os_error());
+    assert!(id >= 0 && other >= 0, "msgget: {}", std::io::Error::last_os_error());
+    fs::write(&keyfile, format!("key={key:#010x} id={id}\n")).expect("record");
 
     let listed = clean(&dir, &["--check"]);
     listed.expect(1);
-    assert!(listed.stdout_text().contains(&format!("(ipcrm -q {id})")), "{}", listed.stdout_text());
+    let text = listed.stdout_text();
+    assert!(text.contains(&format!("(ipcrm -q {id})")), "{text}");
+    assert!(
+        !text.contains(&format!("(ipcrm -q {other})")),
+        "an unrecorded key is not ours: {text}"
+    );
     clean(&dir, &["--remove"]).expect(0).expect_stderr("removed sysv msg queue key 0x51");
-    // SAFETY: IPC_STAT into a zeroed msqid_ds owned by this frame.
-    let gone = unsafe {
-        let mut ds: libc::msqid_ds = std::mem::zeroed();
-        libc::msgctl(id, libc::IPC_STAT, &raw mut ds) == -1
+    let exists = |id: i32| {
+        // SAFETY: IPC_STAT into a zeroed msqid_ds owned by this frame.
+        unsafe {
+            let mut ds: libc::msqid_ds = std::mem::zeroed();
+            libc::msgctl(id, libc::IPC_STAT, &raw mut ds) == 0
+        }
     };
-    assert!(gone, "queue {id} still exists");
+    assert!(!exists(id), "queue {id} still exists");
+    assert!(exists(other), "the unrecorded queue was left alone");
+    // SAFETY: IPC_RMID takes no buffer.
+    assert_eq!(unsafe { libc::msgctl(other, libc::IPC_RMID, std::ptr::null_mut()) }, 0);
 }
 
 /// POSIX shared memory and named semaphores show up under /dev/shm by our prefix.

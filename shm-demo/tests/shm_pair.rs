@@ -241,7 +241,7 @@ fn a_second_writer_is_refused() {
     // --keep leaves the name, so a second writer can find the segment at all.
     let (r, ready) = reader(&dir, "posix", &["--keep", "--count", "1000"]);
     let first = writer(&dir, "posix", &["--count", "1000"]);
-    let second = writer(&dir, "posix", &["--count", "1"]).finish();
+    let second = writer(&dir, "posix", &["--count", "1000"]).finish();
     // Whichever came second was refused; the other one finishes.
     let first = first.finish();
     let (ok, refused) = if second.code == Some(1) { (first, second) } else { (second, first) };
