@@ -328,9 +328,14 @@ impl<'a> Validator<'a> {
                 err.message()
             )),
             Exit::PeerLost => {
-                let named =
-                    err.writer().and_then(|id| self.got.writers.iter().find(|w| w.id == id));
-                match named.or_else(|| self.got.active()) {
+                if let Some(id) = err.writer() {
+                    // The source knows which writer it lost (even one not heard from yet).
+                    let known = self.got.writers.iter().find(|w| w.id == id).cloned();
+                    let w =
+                        known.unwrap_or(WriterState { id, tally: Tally::default(), ended: false });
+                    return self.vanished(&w, err.message());
+                }
+                match self.got.active() {
                     Some(w) => self.vanished(w, err.message()),
                     None => Error::peer_lost(format!("{}: {}", self.mech, err.message())),
                 }

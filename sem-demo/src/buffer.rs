@@ -707,9 +707,10 @@ impl BufferSource<'_> {
     /// "writer 2 (pid 4242) died inside its critical section ...".
     fn died_copying(&self, writer: u16, pid: u32) -> Error {
         Error::peer_lost(format!(
-            "writer {writer} (pid {pid}) died inside its critical section, copying a frame into slot {}: that frame is incomplete and the buffer cannot go on",
+            "pid {pid} died inside its critical section, copying a frame into slot {}: that frame is incomplete and the buffer cannot go on",
             self.next % u64::from(self.buf.ring.layout.slots)
         ))
+        .for_writer(writer)
     }
 
     /// `Err` if the writer of slot `next` died while copying into it: the slot
