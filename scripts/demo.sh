@@ -86,4 +86,30 @@ for api in posix sysv; do
     report "shm-$api" $st "shm-reader --api $api --count 1000   and   shm-writer --api $api --count 1000 --size 0..64K"
 done
 
+# mmap: the writer makes the file and the reader waits for it (roles swapped);
+# the reader follows the log live. Then, both gone, a replay reads the file
+# again — same digest — and removes it.
+"$B/mmap-reader" --count 1000 --timeout 10 2>"$tmp/r" &
+reader=$!
+"$B/mmap-writer" --count 1000 --size 0..4K 2>"$tmp/w"
+st=$?
+wait $reader || st=1
+report mmap $st "mmap-reader --count 1000   and   mmap-writer --count 1000 --size 0..4K"
+"$B/mmap-reader" --replay --count 1000 --remove 2>"$tmp/r"
+report replay $? "mmap-reader --replay --count 1000 --remove   (after both exited: the file stayed)"
+
+# mmap --ring: the same ring as shm-demo, in a small file; the stream is ten times its size.
+"$B/mmap-reader" --count 1000 --timeout 10 --remove 2>"$tmp/r" &
+reader=$!
+"$B/mmap-writer" --ring 256K --count 1000 --size 0..4K 2>"$tmp/w"
+st=$?
+wait $reader || st=1
+report mmap-ring $st "mmap-reader --count 1000 --remove   and   mmap-writer --ring 256K --count 1000 --size 0..4K"
+
+# mmap-anon: MAP_SHARED|MAP_ANONYMOUS, parent and forked child, no file at all.
+"$B/mmap-anon" --count 1000 --size 0..4K 2>"$tmp/both"
+st=$?
+grep '^mmap-anon child' "$tmp/both" >"$tmp/w"; grep '^mmap-anon: received' "$tmp/both" >"$tmp/r"
+report mmap-anon $st "mmap-anon --count 1000 --size 0..4K"
+
 exit $failed
