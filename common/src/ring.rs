@@ -109,20 +109,36 @@ pub trait Peer {
     fn alive(&mut self) -> Result<bool>;
 }
 
+/// Who may sleep on one waiting flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiters {
+    /// One sleeper (the other end of a ring): it lowers the flag itself when
+    /// it finds what it waited for, and takes back a ring it did not sleep for.
+    One,
+    /// Several sleepers share the flag (the readers of a log): a waiter leaves
+    /// it up, since it may be another's request too; the waker lowers it.
+    Many,
+}
+
 /// Waits until `ready()` holds (steps 4 and 5 of the protocol): spins `spin`
 /// times, then raises `flag`, looks once more, and sleeps on `bell` a tick at a
 /// time, checking the stop signal and `peer` after each quiet tick. `Ok(false)`
 /// if the peer is gone and `ready()` still does not hold.
-fn sleep_until(
+///
+/// The other side publishes, then calls [`wake_if_waiting`]: a sequentially
+/// consistent fence on each side between its store and its load makes sure at
+/// least one of them sees the other's, so no wake-up is lost.
+pub fn sleep_until(
     flag: &AtomicU32,
+    waiters: Waiters,
     bell: &impl Doorbell,
     peer: &mut impl Peer,
     spin: u32,
-    ready: &mut impl FnMut() -> bool,
+    ready: &mut impl FnMut() -> Result<bool>,
 ) -> Result<bool> {
     let mut spins = 0;
     loop {
-        if ready() {
+        if ready()? {
             return Ok(true);
         }
         if spins < spin {
@@ -135,8 +151,8 @@ fn sleep_until(
         // publish, fence, look at the flag.
         flag.store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if ready() {
-            if flag.swap(0, Ordering::AcqRel) == 0 {
+        if ready()? {
+            if waiters == Waiters::One && flag.swap(0, Ordering::AcqRel) == 0 {
                 bell.drain()?; // the other side rang for a sleep we skipped
             }
             return Ok(true);
@@ -144,10 +160,20 @@ fn sleep_until(
         if !bell.wait(ticket, TICK)? {
             signals::check()?;
             if !peer.alive()? {
-                return Ok(ready());
+                return ready();
             }
         }
     }
+}
+
+/// The waker's half (after publishing with a store): fence, then ring `bell`
+/// only if the flag says someone may sleep — and lower it, once.
+pub fn wake_if_waiting(flag: &AtomicU32, bell: &impl Doorbell) -> Result<()> {
+    fence(Ordering::SeqCst);
+    if flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::AcqRel) != 0 {
+        bell.ring()?;
+    }
+    Ok(())
 }
 
 /// The largest record (frame plus padding) a ring of `capacity` bytes takes.
@@ -243,14 +269,7 @@ impl<D: Doorbell, P: Peer> Producer<'_, D, P> {
     /// Publishes `head` and wakes the reader if it may be asleep.
     fn publish(&mut self) -> Result<()> {
         self.control.head.0.store(self.head, Ordering::Release);
-        // Store head, fence, then look at the flag: pairs with the reader's
-        // store flag, fence, look at head (see the module docs).
-        fence(Ordering::SeqCst);
-        let flag = &self.control.flags.0.reader_waiting;
-        if flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::AcqRel) != 0 {
-            self.data_bell.ring()?;
-        }
-        Ok(())
+        wake_if_waiting(&self.control.flags.0.reader_waiting, &self.data_bell)
     }
 
     fn free(&self) -> usize {
@@ -266,10 +285,10 @@ impl<D: Doorbell, P: Peer> Producer<'_, D, P> {
         let tail = &mut self.tail;
         let mut room = || {
             *tail = control.tail.0.load(Ordering::Acquire);
-            capacity - (head - *tail) as usize >= need
+            Ok(capacity - (head - *tail) as usize >= need)
         };
         let flag = &control.flags.0.writer_waiting;
-        if sleep_until(flag, &self.room_bell, &mut self.peer, self.spin, &mut room)? {
+        if sleep_until(flag, Waiters::One, &self.room_bell, &mut self.peer, self.spin, &mut room)? {
             return Ok(());
         }
         Err(Error::peer_lost("reader went away"))
@@ -378,12 +397,7 @@ impl<D: Doorbell, P: Peer> Consumer<'_, D, P> {
     fn release(&mut self, bytes: u64) -> Result<()> {
         self.tail += bytes;
         self.control.tail.0.store(self.tail, Ordering::Release);
-        fence(Ordering::SeqCst);
-        let flag = &self.control.flags.0.writer_waiting;
-        if flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::AcqRel) != 0 {
-            self.room_bell.ring()?;
-        }
-        Ok(())
+        wake_if_waiting(&self.control.flags.0.writer_waiting, &self.room_bell)
     }
 
     /// Waits for data; `Ok(false)` once the writer is gone and the ring empty.
@@ -392,16 +406,11 @@ impl<D: Doorbell, P: Peer> Consumer<'_, D, P> {
         let head = &mut self.head;
         let mut data = || {
             *head = control.head.0.load(Ordering::Acquire);
-            *head > tail
+            Ok(*head > tail)
         };
         // A writer that is gone may still have published frames: they are ours to read.
-        sleep_until(
-            &control.flags.0.reader_waiting,
-            &self.data_bell,
-            &mut self.peer,
-            self.spin,
-            &mut data,
-        )
+        let flag = &control.flags.0.reader_waiting;
+        sleep_until(flag, Waiters::One, &self.data_bell, &mut self.peer, self.spin, &mut data)
     }
 
     fn corrupt(&self, what: &str) -> Error {

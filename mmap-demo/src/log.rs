@@ -15,9 +15,9 @@
 //!    with `Release`, so a reader that loads `closed` with `Acquire` and finds
 //!    it set then finds the end frame committed (the replay's message and
 //!    `mmap-writer`'s "finished" rely on that; the follower does not look).
-//! 3. A reader with nothing new waits as [`ipc_common::ring`]'s sides do
-//!    (steps 4 and 5 of its protocol, in `sleep_until` below): spins briefly, then
-//!    raises the `waiting` flag, looks once more, and sleeps on the futex word
+//! 3. A reader with nothing new waits as [`ipc_common::ring`]'s sides do (steps
+//!    4 and 5 of its protocol: `sleep_until` with `Waiters::Many`): spins
+//!    briefly, then raises the `waiting` flag, looks once more, and sleeps on the futex word
 //!    `bell` for at most a tick. The writer, after its store, fences and looks
 //!    at the flag: a reader that missed the new `committed` is one the writer
 //!    sees waiting, and wakes (every sleeper: a log may have several readers).
@@ -31,14 +31,12 @@
 //! and never go back, and each frame header is copied out and checked
 //! ([`ipc_common::frame::Header::parse`]) before its length is used.
 
-use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::sync::atomic::Ordering;
 
 use ipc_common::driver::{FrameSink, FrameSource};
 use ipc_common::error::{Error, Result};
 use ipc_common::frame::{Frame, HEADER_LEN as FRAME_HEADER, Header, Kind};
-use ipc_common::ring::{Doorbell, FutexBell, Peer};
-use ipc_common::signals;
-use ipc_common::wait::TICK;
+use ipc_common::ring::{FutexBell, Peer, Waiters, sleep_until, wake_if_waiting};
 
 use crate::sigbus::{self, Guarded};
 use crate::{HEADER_LEN, MappedFile, SPIN};
@@ -86,15 +84,8 @@ impl<'m> LogSink<'m> {
     /// protocol (its `Producer::publish`, after the store).
     fn wake_readers(&self) -> Result<()> {
         let words = self.file.words();
-        // Store committed (done), fence, then look at the flag: pairs with the
-        // reader's store flag, fence, look at committed (see sleep_until).
-        fence(Ordering::SeqCst);
-        let flag = &words.readers.0.waiting;
-        if flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::AcqRel) != 0 {
-            // futex(FUTEX_WAKE, every sleeper): a log may have several readers.
-            FutexBell::broadcast(&words.log.0.bell).ring()?;
-        }
-        Ok(())
+        // futex(FUTEX_WAKE, every sleeper): a log may have several readers.
+        wake_if_waiting(&words.readers.0.waiting, &FutexBell::broadcast(&words.log.0.bell))
     }
 }
 
@@ -168,52 +159,6 @@ impl Peer for WriterPeer<'_> {
     fn alive(&mut self) -> Result<bool> {
         self.file.check_intact()?;
         self.file.writer_alive()
-    }
-}
-
-/// Waits until `ready()` holds: [`ipc_common::ring`]'s `sleep_until` (steps 4
-/// and 5 of its protocol), step for step, for a flag that several readers share.
-///
-/// Spins `spin` times, then raises `flag`, looks once more, and sleeps on
-/// `bell` a tick at a time, checking the stop signal and `peer` after each
-/// quiet tick; `Ok(false)` if the peer is gone and `ready()` still does not
-/// hold. Two differences from the ring's, both because a log has many readers:
-/// - a reader that finds data after raising the flag leaves it up: it may be
-///   another reader's request too, and lowering it would let the writer skip
-///   that reader's wake-up (the writer lowers it when it rings; a spare ring
-///   costs it one `futex` call, and a futex bell has nothing to drain);
-/// - `ready` may fail (a committed length that went back is bad data).
-fn sleep_until(
-    flag: &AtomicU32,
-    bell: &impl Doorbell,
-    peer: &mut impl Peer,
-    spin: u32,
-    ready: &mut impl FnMut() -> Result<bool>,
-) -> Result<bool> {
-    let mut spins = 0;
-    loop {
-        if ready()? {
-            return Ok(true);
-        }
-        if spins < spin {
-            spins += 1;
-            std::hint::spin_loop();
-            continue;
-        }
-        let ticket = bell.prepare();
-        // Raise the flag, fence, look again: pairs with the writer's
-        // publish, fence, look at the flag.
-        flag.store(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if ready()? {
-            return Ok(true); // the flag stays up: see above
-        }
-        if !bell.wait(ticket, TICK)? {
-            signals::check()?;
-            if !peer.alive()? {
-                return ready();
-            }
-        }
     }
 }
 
@@ -328,7 +273,8 @@ impl<'m> LogSource<'m> {
         let words = file.words();
         let bell = FutexBell::broadcast(&words.log.0.bell);
         // A writer that is gone may still have committed frames: they are ours to read.
-        sleep_until(&words.readers.0.waiting, &bell, writer, SPIN, &mut || {
+        // Several readers share the flag: a waiter leaves it up (see Waiters::Many).
+        sleep_until(&words.readers.0.waiting, Waiters::Many, &bell, writer, SPIN, &mut || {
             load_committed(file, capacity, seen, pos)
         })
     }
