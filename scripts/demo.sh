@@ -112,4 +112,32 @@ st=$?
 grep '^mmap-anon child' "$tmp/both" >"$tmp/w"; grep '^mmap-anon: received' "$tmp/both" >"$tmp/r"
 report mmap-anon $st "mmap-anon --count 1000 --size 0..4K"
 
+# socket: the reader binds and listens; the writer retries connect until it does.
+"$B/socket-reader" --count 1000 --timeout 10 2>"$tmp/r" &
+reader=$!
+"$B/socket-writer" --count 1000 --size 0..4K 2>"$tmp/w"
+st=$?
+wait $reader || st=1
+report socket $st "socket-reader --count 1000   and   socket-writer --count 1000 --size 0..4K"
+
+# tcp: the kernel picks the port (127.0.0.1:0); the ready line says which.
+"$B/socket-reader" --transport tcp --count 1000 --timeout 10 2>"$tmp/r" &
+reader=$!
+addr= tries=0
+while [ -z "$addr" ] && [ $tries -lt 200 ] && kill -0 $reader 2>/dev/null; do
+    addr=$(sed -n 's/.*: ready: listening on tcp //p' "$tmp/r"); tries=$((tries + 1)); sleep 0.05
+done
+"$B/socket-writer" --transport tcp --addr "${addr:-127.0.0.1:1}" --count 1000 --size 0..4K 2>"$tmp/w"
+st=$?
+wait $reader || st=1
+report tcp $st "socket-reader --transport tcp   and   socket-writer --transport tcp --addr ${addr:-?} --count 1000 --size 0..4K"
+
+# unix-dgram (SOCK_SEQPACKET): one frame per message.
+"$B/socket-reader" --transport unix-dgram --count 1000 --timeout 10 2>"$tmp/r" &
+reader=$!
+"$B/socket-writer" --transport unix-dgram --count 1000 --size 0..4K 2>"$tmp/w"
+st=$?
+wait $reader || st=1
+report dgram $st "socket-reader --transport unix-dgram --count 1000   and   socket-writer --transport unix-dgram --count 1000 --size 0..4K"
+
 exit $failed

@@ -216,7 +216,7 @@ macro_rules! writer_args {
             /// writer id put in every frame, so one reader can tell writers apart (default 0)
             #[argh(option, default = "0", arg_name = "K")]
             pub id: u16,
-            /// seconds to wait for the other side to be ready (the reader's object, most often); 0 waits forever (default 10)
+            /// seconds to wait for the other side to be ready, and mid-stream for it to take more (a frozen reader); 0 waits forever (default 10)
             #[argh(option, default = "10", arg_name = "SECS")]
             pub timeout: u64,
             /// print only the summary line and errors
@@ -262,7 +262,7 @@ macro_rules! reader_args {
             /// finish after K writers sent their end frame (default 1)
             #[argh(option, default = "1", arg_name = "K")]
             pub writers: u16,
-            /// seconds to wait for the first writer; 0 (the default) waits forever
+            /// seconds to wait for the first writer, and mid-stream for the next frame (a frozen writer); 0 (the default) waits forever
             #[argh(option, default = "0", arg_name = "SECS")]
             pub timeout: u64,
             /// largest payload accepted, checked before it is read (default 16M)

@@ -47,7 +47,7 @@ use crate::driver::{FrameSink, FrameSource};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, HEADER_LEN, Header};
 use crate::signals;
-use crate::wait::TICK;
+use crate::wait::{Deadline, TICK, stalled};
 
 /// The bytes that mark "the rest up to the end is unused; go on at 0".
 const WRAP: [u8; 8] = *b"WRAP\0\0\0\0";
@@ -120,10 +120,21 @@ pub enum Waiters {
     Many,
 }
 
-/// Waits until `ready()` holds (steps 4 and 5 of the protocol): spins `spin`
-/// times, then raises `flag`, looks once more, and sleeps on `bell` a tick at a
-/// time, checking the stop signal and `peer` after each quiet tick. `Ok(false)`
-/// if the peer is gone and `ready()` still does not hold.
+/// How long a side is willing to wait.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Patience {
+    /// Spins before raising the flag and sleeping (`--spin`): latency for CPU.
+    pub spin: u32,
+    /// Longest wait with no progress before giving up on a live but stopped
+    /// or stuck peer (`--timeout` mid-stream); `None` waits as long as it takes.
+    pub stall: Option<Duration>,
+}
+
+/// Waits until `ready()` holds (steps 4 and 5 of the protocol): spins
+/// `patience.spin` times, then raises `flag`, looks once more, and sleeps on
+/// `bell` a tick at a time, checking the stop signal and `peer` after each
+/// quiet tick. `Ok(false)` if the peer is gone and `ready()` still does not
+/// hold; peer lost if `patience.stall` passes first (`who` names the peer).
 ///
 /// The other side publishes, then calls [`wake_if_waiting`]: a sequentially
 /// consistent fence on each side between its store and its load makes sure at
@@ -133,9 +144,11 @@ pub fn sleep_until(
     waiters: Waiters,
     bell: &impl Doorbell,
     peer: &mut impl Peer,
-    spin: u32,
+    patience: Patience,
+    who: &str,
     ready: &mut impl FnMut() -> Result<bool>,
 ) -> Result<bool> {
+    let (spin, give_up) = (patience.spin, Deadline::after(patience.stall));
     let mut spins = 0;
     loop {
         if ready()? {
@@ -161,6 +174,9 @@ pub fn sleep_until(
             signals::check()?;
             if !peer.alive()? {
                 return ready();
+            }
+            if give_up.expired() && !ready()? {
+                return Err(stalled(who, patience.stall.unwrap_or_default()));
             }
         }
     }
@@ -237,7 +253,7 @@ pub struct Producer<'r, D: Doorbell, P: Peer> {
     /// Waited on when the ring is full.
     room_bell: D,
     peer: P,
-    spin: u32,
+    patience: Patience,
 }
 
 impl<D: Doorbell, P: Peer> Producer<'_, D, P> {
@@ -258,12 +274,21 @@ impl<D: Doorbell, P: Peer> Producer<'_, D, P> {
         let (control, data, capacity) = unsafe { split(base, len)? };
         let head = control.head.0.load(Ordering::Acquire);
         let tail = control.tail.0.load(Ordering::Acquire);
-        Ok(Producer { control, data, capacity, head, tail, data_bell, room_bell, peer, spin })
+        let patience = Patience { spin, stall: None };
+        Ok(Producer { control, data, capacity, head, tail, data_bell, room_bell, peer, patience })
     }
 
     /// Data bytes in the ring: the largest frame it takes.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Gives up (peer lost) when the ring stays full for `stall` (a frozen
+    /// reader); `None`, the default, waits as long as it takes.
+    #[must_use]
+    pub fn with_stall(mut self, stall: Option<Duration>) -> Self {
+        self.patience.stall = stall;
+        self
     }
 
     /// Publishes `head` and wakes the reader if it may be asleep.
@@ -288,7 +313,9 @@ impl<D: Doorbell, P: Peer> Producer<'_, D, P> {
             Ok(capacity - (head - *tail) as usize >= need)
         };
         let flag = &control.flags.0.writer_waiting;
-        if sleep_until(flag, Waiters::One, &self.room_bell, &mut self.peer, self.spin, &mut room)? {
+        let (bell, patience) = (&self.room_bell, self.patience);
+        if sleep_until(flag, Waiters::One, bell, &mut self.peer, patience, "the reader", &mut room)?
+        {
             return Ok(());
         }
         Err(Error::peer_lost("reader went away"))
@@ -351,7 +378,7 @@ pub struct Consumer<'r, D: Doorbell, P: Peer> {
     data_bell: D,
     room_bell: D,
     peer: P,
-    spin: u32,
+    patience: Patience,
     max_frame: u32,
 }
 
@@ -373,6 +400,7 @@ impl<D: Doorbell, P: Peer> Consumer<'_, D, P> {
         let (control, data, capacity) = unsafe { split(base, len)? };
         let head = control.head.0.load(Ordering::Acquire);
         let tail = control.tail.0.load(Ordering::Acquire);
+        let patience = Patience { spin, stall: None };
         Ok(Consumer {
             control,
             data,
@@ -383,9 +411,17 @@ impl<D: Doorbell, P: Peer> Consumer<'_, D, P> {
             data_bell,
             room_bell,
             peer,
-            spin,
+            patience,
             max_frame,
         })
+    }
+
+    /// Gives up (peer lost) when nothing arrives for `stall` once the stream
+    /// has begun (a frozen writer); `None`, the default, waits as long as it takes.
+    #[must_use]
+    pub fn with_stall(mut self, stall: Option<Duration>) -> Self {
+        self.patience.stall = stall;
+        self
     }
 
     /// Whether the writer set the closed flag (after its end frame).
@@ -410,7 +446,19 @@ impl<D: Doorbell, P: Peer> Consumer<'_, D, P> {
         };
         // A writer that is gone may still have published frames: they are ours to read.
         let flag = &control.flags.0.reader_waiting;
-        sleep_until(flag, Waiters::One, &self.data_bell, &mut self.peer, self.spin, &mut data)
+        // The stall applies once the stream has begun: before the first frame,
+        // the writer's coming is the peer's business (`--timeout` for the first).
+        let patience =
+            if tail > 0 { self.patience } else { Patience { stall: None, ..self.patience } };
+        sleep_until(
+            flag,
+            Waiters::One,
+            &self.data_bell,
+            &mut self.peer,
+            patience,
+            "the writer",
+            &mut data,
+        )
     }
 
     fn corrupt(&self, what: &str) -> Error {

@@ -29,11 +29,11 @@ use nix::sys::uio::writev;
 use nix::unistd::{isatty, read};
 
 use crate::driver::{FrameSink, FrameSource};
-use crate::error::{Context, Error, Exit, Result};
+use crate::error::{Context, Error, Exit, Result, errno_text};
 use crate::frame::{Frame, HEADER_LEN, Header};
 use crate::payload::Digest;
 use crate::signals;
-use crate::wait::{Deadline, wait_fd};
+use crate::wait::{Deadline, stalled, wait_fd};
 
 /// Bytes the reader asks the kernel for at once, and the writer gathers before writing:
 /// twice the default pipe capacity, so one `read` can drain a full pipe.
@@ -63,8 +63,19 @@ fn restore_flags(fd: BorrowedFd<'_>, saved: OFlag) {
 /// SIGPIPE, so the kernel reports it as this error instead of killing us.
 pub fn write_all_vectored(
     fd: BorrowedFd<'_>,
+    slices: &mut [IoSlice<'_>],
+    what: &str,
+) -> Result<()> {
+    write_all_within(fd, slices, what, None)
+}
+
+/// [`write_all_vectored`], giving up (peer lost) if the descriptor stays full
+/// for `stall`: the reader is stopped or stuck (a frozen peer, `--timeout`).
+pub fn write_all_within(
+    fd: BorrowedFd<'_>,
     mut slices: &mut [IoSlice<'_>],
     what: &str,
+    stall: Option<Duration>,
 ) -> Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
@@ -72,11 +83,18 @@ pub fn write_all_vectored(
         match writev(fd, slices) {
             Ok(n) => IoSlice::advance_slices(&mut slices, n),
             Err(Errno::EAGAIN) => {
-                wait_fd(fd, PollFlags::POLLOUT, &Deadline::never(), || Ok(()))?;
+                if !wait_fd(fd, PollFlags::POLLOUT, &Deadline::after(stall), || Ok(()))? {
+                    return Err(stalled("the reader", stall.unwrap_or_default()));
+                }
             }
             Err(Errno::EINTR) => signals::check()?,
+            // The reading end closed (EPIPE), or the connection was reset.
             Err(Errno::EPIPE | Errno::ECONNRESET) => {
                 return Err(Error::peer_lost("reader went away"));
+            }
+            // A socket whose connection keepalive or TCP_USER_TIMEOUT found dead.
+            Err(e @ (Errno::ETIMEDOUT | Errno::EHOSTUNREACH | Errno::ENETUNREACH)) => {
+                return Err(Error::peer_lost(format!("reader went away ({})", errno_text(e))));
             }
             Err(e) => return Err(Error::errno(format!("write {what}"), e)),
         }
@@ -111,6 +129,7 @@ pub struct StreamSink<F: AsFd> {
     buf: Vec<u8>,
     policy: WritePolicy,
     what: String,
+    stall: Option<Duration>,
 }
 
 impl<F: AsFd> StreamSink<F> {
@@ -121,7 +140,15 @@ impl<F: AsFd> StreamSink<F> {
             WritePolicy::Buffered(cap) | WritePolicy::Atomic(cap) => Vec::with_capacity(cap),
             WritePolicy::FramePerWrite => Vec::new(),
         };
-        Ok(StreamSink { fd, saved_flags, buf, policy, what: what.into() })
+        Ok(StreamSink { fd, saved_flags, buf, policy, what: what.into(), stall: None })
+    }
+
+    /// Gives up (peer lost) when the reader takes nothing for `stall` mid-stream
+    /// (a frozen peer); `None`, the default, waits as long as it takes.
+    #[must_use]
+    pub fn with_stall(mut self, stall: Option<Duration>) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// The descriptor, for mechanism-specific calls (`F_SETPIPE_SZ`, say).
@@ -155,7 +182,7 @@ impl<F: AsFd> FrameSink for StreamSink<F> {
         }
         // Whatever was gathered, then this frame, in one writev: no copy of the payload.
         let mut slices = [IoSlice::new(&self.buf), IoSlice::new(&head), IoSlice::new(payload)];
-        write_all_vectored(self.fd.as_fd(), &mut slices, &self.what)?;
+        write_all_within(self.fd.as_fd(), &mut slices, &self.what, self.stall)?;
         self.buf.clear();
         Ok(())
     }
@@ -165,7 +192,7 @@ impl<F: AsFd> FrameSink for StreamSink<F> {
             return Ok(());
         }
         let mut slices = [IoSlice::new(&self.buf)];
-        write_all_vectored(self.fd.as_fd(), &mut slices, &self.what)?;
+        write_all_within(self.fd.as_fd(), &mut slices, &self.what, self.stall)?;
         self.buf.clear();
         Ok(())
     }
@@ -190,6 +217,7 @@ pub struct StreamSource<F: AsFd> {
     first_timeout: Option<Duration>,
     started: bool,
     what: String,
+    stall: Option<Duration>,
 }
 
 impl<F: AsFd> StreamSource<F> {
@@ -214,6 +242,7 @@ impl<F: AsFd> StreamSource<F> {
             first_timeout,
             started: false,
             what: what.into(),
+            stall: None,
         })
     }
 
@@ -258,6 +287,14 @@ impl<F: AsFd> StreamSource<F> {
             match read(self.fd.as_fd(), &mut self.buf[self.end..]) {
                 // End of file; a stream socket whose peer reset is the same to us.
                 Ok(0) | Err(Errno::ECONNRESET) => return Ok(false),
+                // A connection keepalive or TCP_USER_TIMEOUT found dead: the peer is lost.
+                Err(e @ (Errno::ETIMEDOUT | Errno::EHOSTUNREACH | Errno::ENETUNREACH)) => {
+                    return Err(Error::peer_lost(format!(
+                        "read {}: {}: the connection died",
+                        self.what,
+                        errno_text(e)
+                    )));
+                }
                 Ok(n) => {
                     self.end += n;
                     self.started = true;
@@ -270,10 +307,22 @@ impl<F: AsFd> StreamSource<F> {
         Ok(true)
     }
 
+    /// Gives up (peer lost) when nothing arrives for `stall` once the stream
+    /// has begun (a frozen writer); `None`, the default, waits as long as it
+    /// takes — right for text typed by a person.
+    #[must_use]
+    pub fn with_stall(mut self, stall: Option<Duration>) -> Self {
+        self.stall = stall;
+        self
+    }
+
     fn wait_readable(&self) -> Result<()> {
-        let deadline = if self.started { Deadline::never() } else { self.first_deadline };
+        let deadline = if self.started { Deadline::after(self.stall) } else { self.first_deadline };
         if wait_fd(self.fd.as_fd(), PollFlags::POLLIN, &deadline, || Ok(()))? {
             return Ok(());
+        }
+        if self.started {
+            return Err(stalled("the writer", self.stall.unwrap_or_default()));
         }
         let secs = self.first_timeout.unwrap_or_default().as_secs();
         Err(Error::peer_lost(format!(

@@ -436,6 +436,22 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The process state letter from /proc/PID/stat: `R`, `S`, `T` (stopped)...
+#[must_use]
+pub fn proc_state(pid: i32) -> char {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()).unwrap_or('?')
+}
+
+/// SIGSTOPs `r` and waits until the kernel shows it stopped (state `T`): a
+/// frozen peer, for tests of what the other side does about it.
+pub fn stop(r: &Running) {
+    r.kill(libc::SIGSTOP);
+    let pid = r.pid();
+    wait_until("the process to stop", LIMIT, || proc_state(pid) == 'T');
+}
+
 /// Bytes process `pid` has read so far (`rchar` in /proc/PID/io): proof that a
 /// stream is under way before a test injects a fault "mid-stream".
 #[must_use]

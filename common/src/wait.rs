@@ -52,6 +52,16 @@ impl Deadline {
     }
 }
 
+/// The error for a peer that stopped making progress mid-stream: frozen
+/// (SIGSTOP), stuck, or gone without a trace we can see.
+#[must_use]
+pub fn stalled(peer: &str, limit: Duration) -> crate::error::Error {
+    crate::error::Error::peer_lost(format!(
+        "{peer} made no progress for {} s mid-stream (stopped or stuck? --timeout)",
+        limit.as_secs_f64()
+    ))
+}
+
 /// `--timeout SECS` as a duration: 0 means wait forever.
 #[must_use]
 pub fn timeout_secs(secs: u64) -> Option<Duration> {

@@ -235,7 +235,9 @@ impl<'f> FifoSource<'f> {
         first_timeout: Option<Duration>,
         announce: Option<&'static str>,
     ) -> Result<Self> {
-        let inner = StreamSource::new(fifo.open_reader()?, max_frame, None, what(fifo.path()))?;
+        // --timeout covers the first writer (below) and then any stall mid-stream.
+        let inner = StreamSource::new(fifo.open_reader()?, max_frame, None, what(fifo.path()))?
+            .with_stall(first_timeout);
         let deadline = Deadline::after(first_timeout);
         Ok(FifoSource { fifo, announce, inner, fresh: true, deadline, timeout: first_timeout })
     }
@@ -319,9 +321,17 @@ pub struct FifoSink {
 }
 
 impl FifoSink {
-    /// Writes to `fd`; `quiet` silences the `PIPE_BUF` note.
-    pub fn new(fd: OwnedFd, path: &Path, bin: &'static str, quiet: bool) -> Result<Self> {
-        let inner = StreamSink::new(fd, WritePolicy::Atomic(PIPE_BUF), what(path))?;
+    /// Writes to `fd`; `quiet` silences the `PIPE_BUF` note; `stall` bounds how
+    /// long a full FIFO may stay full (a frozen reader, `--timeout`).
+    pub fn new(
+        fd: OwnedFd,
+        path: &Path,
+        bin: &'static str,
+        quiet: bool,
+        stall: Option<Duration>,
+    ) -> Result<Self> {
+        let inner =
+            StreamSink::new(fd, WritePolicy::Atomic(PIPE_BUF), what(path))?.with_stall(stall);
         Ok(FifoSink { inner, bin, warn: !quiet })
     }
 

@@ -17,8 +17,8 @@
 //!    `mmap-writer`'s "finished" rely on that; the follower does not look).
 //! 3. A reader with nothing new waits as [`ipc_common::ring`]'s sides do (steps
 //!    4 and 5 of its protocol: `sleep_until` with `Waiters::Many`): spins
-//!    briefly, then raises the `waiting` flag, looks once more, and sleeps on the futex word
-//!    `bell` for at most a tick. The writer, after its store, fences and looks
+//!    briefly, then raises the `waiting` flag, looks once more, and sleeps on
+//!    the futex word `bell` for at most a tick. The writer, after its store, fences and looks
 //!    at the flag: a reader that missed the new `committed` is one the writer
 //!    sees waiting, and wakes (every sleeper: a log may have several readers).
 //!    While readers keep up without sleeping, a commit costs no system call.
@@ -32,11 +32,12 @@
 //! ([`ipc_common::frame::Header::parse`]) before its length is used.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use ipc_common::driver::{FrameSink, FrameSource};
 use ipc_common::error::{Error, Result};
 use ipc_common::frame::{Frame, HEADER_LEN as FRAME_HEADER, Header, Kind};
-use ipc_common::ring::{FutexBell, Peer, Waiters, sleep_until, wake_if_waiting};
+use ipc_common::ring::{FutexBell, Patience, Peer, Waiters, sleep_until, wake_if_waiting};
 
 use crate::sigbus::{self, Guarded};
 use crate::{HEADER_LEN, MappedFile, SPIN};
@@ -186,6 +187,8 @@ pub struct LogSource<'m> {
     follow: Option<WriterPeer<'m>>,
     end_reason: &'static str,
     last: Option<(u64, u64)>,
+    /// How long a started stream may go without a commit (`--timeout`).
+    stall: Option<Duration>,
 }
 
 /// A log reader: the source, checked for patched pages after each frame.
@@ -196,7 +199,16 @@ pub type LogReader<'m> = Guarded<LogSource<'m>>;
 /// place (a reader that prints adds [`Guarded::copying`]).
 #[must_use]
 pub fn follow(file: &MappedFile, max_frame: u32) -> LogReader<'_> {
-    Guarded::new(LogSource::new(file, max_frame, Some(WriterPeer::new(file)), GONE))
+    follow_within(file, max_frame, None)
+}
+
+/// [`follow`], giving up (peer lost) on a writer that commits nothing for
+/// `stall` once the stream has begun (a frozen writer, `--timeout`).
+#[must_use]
+pub fn follow_within(file: &MappedFile, max_frame: u32, stall: Option<Duration>) -> LogReader<'_> {
+    let mut source = LogSource::new(file, max_frame, Some(WriterPeer::new(file)), GONE);
+    source.stall = stall;
+    Guarded::new(source)
 }
 
 /// Reads `file` once more up to its committed length, without waiting.
@@ -238,6 +250,7 @@ impl<'m> LogSource<'m> {
             follow,
             end_reason,
             last: None,
+            stall: None,
         }
     }
 
@@ -274,7 +287,11 @@ impl<'m> LogSource<'m> {
         let bell = FutexBell::broadcast(&words.log.0.bell);
         // A writer that is gone may still have committed frames: they are ours to read.
         // Several readers share the flag: a waiter leaves it up (see Waiters::Many).
-        sleep_until(&words.readers.0.waiting, Waiters::Many, &bell, writer, SPIN, &mut || {
+        // The stall counts once the stream has begun (something was committed).
+        let stall = if pos > 0 { self.stall } else { None };
+        let patience = Patience { spin: SPIN, stall };
+        let flag = &words.readers.0.waiting;
+        sleep_until(flag, Waiters::Many, &bell, writer, patience, "the writer", &mut || {
             load_committed(file, capacity, seen, pos)
         })
     }

@@ -91,7 +91,8 @@ pub fn producer(file: &MappedFile, timeout: Option<Duration>) -> Result<RingSink
     let sink = unsafe {
         Producer::attach(file.data(), file.capacity(), data_bell, room_bell, peer, SPIN)?
     };
-    Ok(Guarded::new(sink))
+    // A reader that stops taking frames (SIGSTOP) is given up on after `timeout` too.
+    Ok(Guarded::new(sink.with_stall(timeout)))
 }
 
 /// Marks the ring finished after the end frame: the ring's flag, then the header's.
@@ -133,6 +134,16 @@ pub fn claim(file: &MappedFile) -> Result<()> {
 /// The reader's end of the ring in `file`, claimed with [`claim`]; it lends
 /// payloads in place (a reader that prints adds [`Guarded::copying`]).
 pub fn consumer(file: &MappedFile, max_frame: u32) -> Result<RingSource<'_>> {
+    consumer_within(file, max_frame, None)
+}
+
+/// [`consumer`], giving up (peer lost) on a writer that makes no progress for
+/// `stall` once the stream has begun (a frozen writer, `--timeout`).
+pub fn consumer_within(
+    file: &MappedFile,
+    max_frame: u32,
+    stall: Option<Duration>,
+) -> Result<RingSource<'_>> {
     let words = file.words();
     let data_bell = FutexBell::new(&words.log.0.bell);
     let room_bell = FutexBell::new(&words.readers.0.room_bell);
@@ -141,5 +152,5 @@ pub fn consumer(file: &MappedFile, max_frame: u32) -> Result<RingSource<'_>> {
     let source = unsafe {
         Consumer::attach(file.data(), file.capacity(), data_bell, room_bell, peer, SPIN, max_frame)?
     };
-    Ok(Guarded::new(source))
+    Ok(Guarded::new(source.with_stall(stall)))
 }

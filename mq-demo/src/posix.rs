@@ -17,7 +17,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipc_common::driver::{FrameSink, FrameSource};
 use ipc_common::error::{Context, Error, Result};
@@ -25,7 +25,7 @@ use ipc_common::frame::{Frame, Header, encode_into, parse_message};
 use ipc_common::liveness::{ReaderPresence, WriterPresence};
 use ipc_common::paths::{self, check_ours, posix_lock_base};
 use ipc_common::signals;
-use ipc_common::wait::{Deadline, TICK, pause, wait_fd};
+use ipc_common::wait::{Deadline, TICK, pause, stalled, wait_fd};
 use nix::errno::Errno;
 use nix::mqueue::{
     MQ_OFlag, MqAttr, MqdT, mq_attr_member_t, mq_close, mq_getattr, mq_open, mq_receive, mq_send,
@@ -267,6 +267,10 @@ pub struct QueueSource<'q> {
     seen_writer: bool,
     /// The binary's name, to announce an `mq_notify` signal (`--notify`).
     notify: Option<&'static str>,
+    /// How long a started stream may go quiet while a writer still holds the
+    /// queue (a frozen writer, `--timeout`); and when the last message came.
+    stall: Option<Duration>,
+    last: Instant,
 }
 
 impl<'q> QueueSource<'q> {
@@ -292,7 +296,17 @@ impl<'q> QueueSource<'q> {
             started: false,
             seen_writer: false,
             notify,
+            stall: None,
+            last: Instant::now(),
         }
+    }
+
+    /// Gives up (peer lost) when a writer holds the queue but sends nothing
+    /// for `stall` once the stream has begun (a frozen writer).
+    #[must_use]
+    pub fn with_stall(mut self, stall: Option<Duration>) -> Self {
+        self.stall = stall;
+        self
     }
 
     fn announce(&mut self) {
@@ -321,6 +335,11 @@ impl<'q> QueueSource<'q> {
     /// After a quiet tick: give up on the first writer, notice a removed queue,
     /// and tell whether the stream has ended (no writer left, queue empty).
     fn quiet_tick(&mut self) -> Result<bool> {
+        if let (true, Some(limit)) = (self.started, self.stall) {
+            if self.last.elapsed() >= limit && self.q.presence.writers_present()? {
+                return Err(stalled("the writers", limit));
+            }
+        }
         if !self.started && self.first.expired() {
             let secs = self.timeout.unwrap_or_default().as_secs();
             return Err(Error::peer_lost(format!(
@@ -397,6 +416,7 @@ impl FrameSource for QueueSource<'_> {
         };
         self.started = true;
         self.seen_writer = true;
+        self.last = Instant::now();
         self.announce();
         let frame = parse_message(&self.buf[..n], self.max_frame)
             .map_err(|e| Error::bad_data(e.to_string()))?;
@@ -496,6 +516,7 @@ pub struct QueueSink<'q> {
     q: &'q WriterQueue,
     buf: Vec<u8>,
     priority: u32,
+    stall: Option<Duration>,
 }
 
 impl<'q> QueueSink<'q> {
@@ -504,13 +525,22 @@ impl<'q> QueueSink<'q> {
     pub fn new(q: &'q WriterQueue, priority: u32) -> Self {
         // One frame buffer, reused: mq_send takes the message as one block.
         let cap = usize::try_from(q.msgsize).unwrap_or(0);
-        QueueSink { q, buf: Vec::with_capacity(cap), priority }
+        QueueSink { q, buf: Vec::with_capacity(cap), priority, stall: None }
+    }
+
+    /// Gives up (peer lost) when the queue stays full for `stall` while its
+    /// reader is there (a frozen reader, `--timeout`).
+    #[must_use]
+    pub fn with_stall(mut self, stall: Option<Duration>) -> Self {
+        self.stall = stall;
+        self
     }
 }
 
 impl FrameSink for QueueSink<'_> {
     fn send(&mut self, header: &Header, payload: &[u8]) -> Result<()> {
         encode_into(&mut self.buf, header, payload);
+        let give_up = Deadline::after(self.stall);
         loop {
             // mq_send: the kernel copies the whole message in, or nothing.
             match mq_send(self.q.mqd(), &self.buf, self.priority) {
@@ -525,6 +555,9 @@ impl FrameSink for QueueSink<'_> {
                     )?;
                     if !room && !self.q.presence.reader_present()? {
                         return Err(Error::peer_lost("reader went away"));
+                    }
+                    if !room && give_up.expired() {
+                        return Err(stalled("the reader", self.stall.unwrap_or_default()));
                     }
                 }
                 Err(Errno::EINTR) => signals::check()?,

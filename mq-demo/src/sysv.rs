@@ -39,7 +39,7 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipc_common::driver::{FrameSink, FrameSource};
 use ipc_common::error::{Error, Result};
@@ -47,7 +47,7 @@ use ipc_common::frame::{Frame, HEADER_LEN, Header, parse_message};
 use ipc_common::liveness::{ReaderPresence, WriterPresence};
 use ipc_common::paths;
 use ipc_common::signals;
-use ipc_common::wait::{Deadline, Ticker, pause};
+use ipc_common::wait::{Deadline, Ticker, pause, stalled};
 use nix::errno::Errno;
 
 use crate::check_limit;
@@ -390,6 +390,10 @@ pub struct QueueSource<'q> {
     timeout: Option<Duration>,
     started: bool,
     seen_writer: bool,
+    /// How long a started stream may go quiet while a writer still holds the
+    /// queue (a frozen writer, `--timeout`); and when the last message came.
+    stall: Option<Duration>,
+    last: Instant,
     _ticker: Ticker,
 }
 
@@ -411,8 +415,18 @@ impl<'q> QueueSource<'q> {
             timeout,
             started: false,
             seen_writer: false,
+            stall: None,
+            last: Instant::now(),
             _ticker: Ticker::start()?,
         })
+    }
+
+    /// Gives up (peer lost) when a writer holds the queue but sends nothing
+    /// for `stall` once the stream has begun (a frozen writer).
+    #[must_use]
+    pub fn with_stall(mut self, stall: Option<Duration>) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// One `msgrcv`; `flags` may add `IPC_NOWAIT`. `Ok(None)` when interrupted
@@ -446,6 +460,11 @@ impl<'q> QueueSource<'q> {
     /// After a quiet tick: give up on the first writer, or tell whether the
     /// stream has ended (no writer left; the caller then checks emptiness).
     fn quiet_tick(&mut self) -> Result<bool> {
+        if let (true, Some(limit)) = (self.started, self.stall) {
+            if self.last.elapsed() >= limit && self.q.presence.writers_present()? {
+                return Err(stalled("the writers", limit));
+            }
+        }
         if !self.started && self.first.expired() {
             let secs = self.timeout.unwrap_or_default().as_secs();
             return Err(Error::peer_lost(format!(
@@ -479,6 +498,7 @@ impl FrameSource for QueueSource<'_> {
         };
         self.started = true;
         self.seen_writer = true;
+        self.last = Instant::now();
         let mtype = self.buf.mtype();
         let frame = parse_message(&self.buf.text()[..n], self.max_frame)
             .map_err(|e| Error::bad_data(e.to_string()))?;
@@ -559,13 +579,22 @@ impl WriterQueue {
 pub struct QueueSink<'q> {
     q: &'q WriterQueue,
     buf: MsgBuf,
+    stall: Option<Duration>,
     _ticker: Ticker,
 }
 
 impl<'q> QueueSink<'q> {
     /// Sends into `q`.
     pub fn new(q: &'q WriterQueue) -> Result<Self> {
-        Ok(QueueSink { q, buf: MsgBuf::new(q.msgmax), _ticker: Ticker::start()? })
+        Ok(QueueSink { q, buf: MsgBuf::new(q.msgmax), stall: None, _ticker: Ticker::start()? })
+    }
+
+    /// Gives up (peer lost) when the queue stays full for `stall` while its
+    /// reader is there (a frozen reader, `--timeout`).
+    #[must_use]
+    pub fn with_stall(mut self, stall: Option<Duration>) -> Self {
+        self.stall = stall;
+        self
     }
 }
 
@@ -584,6 +613,7 @@ impl FrameSink for QueueSink<'_> {
         text[..HEADER_LEN].copy_from_slice(&header.to_bytes());
         text[HEADER_LEN..len].copy_from_slice(payload);
         let ptr = self.buf.ptr().cast_const();
+        let give_up = Deadline::after(self.stall);
         loop {
             // msgsnd: blocks while the queue is full; the tick interrupts it.
             // SAFETY: the buffer holds the type and `len` bytes after it.
@@ -594,6 +624,9 @@ impl FrameSink for QueueSink<'_> {
                     signals::check()?;
                     if !self.q.presence.reader_present()? {
                         return Err(Error::peer_lost("reader went away"));
+                    }
+                    if give_up.expired() {
+                        return Err(stalled("the reader", self.stall.unwrap_or_default()));
                     }
                 }
                 Err(Errno::EIDRM | Errno::EINVAL) => {

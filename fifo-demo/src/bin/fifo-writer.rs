@@ -72,7 +72,7 @@ fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     // 2. Frames in atomic writes, then the end frame; closing the descriptor is our EOF.
-    let mut sink = FifoSink::new(fd, &path, BIN, common.quiet)?;
+    let mut sink = FifoSink::new(fd, &path, BIN, common.quiet, common.timeout())?;
     run_writer(BIN, &mut sink, &opts, stdin().as_fd())?;
     Ok(())
 }

@@ -25,6 +25,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use ipc_common::driver::{ReaderOpts, run_reader};
 use ipc_common::error::{Error, Exit, Result};
@@ -112,10 +113,11 @@ fn run(args: &Args) -> Result<()> {
     // 2. Read frames in place until the end frame (text: each copied once, then
     //    checked and printed — see sigbus::Guarded).
     let result = match file.layout() {
-        Layout::Log => read_log(&file, args.replay, &opts),
-        Layout::Ring => ring_file::consumer(&file, opts.max_frame).and_then(|source| {
-            run_reader(BIN, MECH, &mut source.copying(opts.print), &opts).map(drop)
-        }),
+        Layout::Log => read_log(&file, args.replay, &opts, common.timeout()),
+        Layout::Ring => ring_file::consumer_within(&file, opts.max_frame, common.timeout())
+            .and_then(|source| {
+                run_reader(BIN, MECH, &mut source.copying(opts.print), &opts).map(drop)
+            }),
     };
     result.map_err(|err| file.explain(err))?;
 
@@ -126,9 +128,17 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn read_log(file: &MappedFile, replay: bool, opts: &ReaderOpts) -> Result<()> {
-    let source =
-        if replay { log::replay(file, opts.max_frame)? } else { log::follow(file, opts.max_frame) };
+fn read_log(
+    file: &MappedFile,
+    replay: bool,
+    opts: &ReaderOpts,
+    stall: Option<Duration>,
+) -> Result<()> {
+    let source = if replay {
+        log::replay(file, opts.max_frame)?
+    } else {
+        log::follow_within(file, opts.max_frame, stall)
+    };
     let mut source = source.copying(opts.print);
     let result = run_reader(BIN, MECH, &mut source, opts);
     if let Err(err) = &result {

@@ -143,8 +143,10 @@ fn run(args: &Args) -> Result<()> {
             );
             // 2. Receive and check until --writers end frames; 3. drop removes the queue.
             let notify = args.notify.then_some(BIN);
+            // --timeout: for the first writer, then for a stall mid-stream (a frozen writer).
             let mut source =
-                posix::QueueSource::new(&q, opts.max_frame, args.wait, common.timeout(), notify);
+                posix::QueueSource::new(&q, opts.max_frame, args.wait, common.timeout(), notify)
+                    .with_stall(common.timeout());
             run_reader(BIN, "posix mq", &mut source, &opts)?;
         }
         Api::Sysv => {
@@ -172,7 +174,8 @@ fn run(args: &Args) -> Result<()> {
                 _ => Select::All,
             };
             // 2. Receive and check until --writers end frames; 3. drop removes the queue.
-            let mut source = sysv::QueueSource::new(&q, select, opts.max_frame, common.timeout())?;
+            let mut source = sysv::QueueSource::new(&q, select, opts.max_frame, common.timeout())?
+                .with_stall(common.timeout());
             run_reader(BIN, "sysv mq", &mut source, &opts)?;
         }
     }

@@ -85,7 +85,9 @@ fn run(args: &Args) -> Result<()> {
                 check_frames_fit(opts.size, q.msgsize(), "mq-reader --size sets the message size")?;
             }
             // 3. One message per frame, then the end frame.
-            let mut sink = posix::QueueSink::new(&q, args.priority.unwrap_or(0));
+            // --timeout also bounds how long a full queue may stay full (a frozen reader).
+            let mut sink =
+                posix::QueueSink::new(&q, args.priority.unwrap_or(0)).with_stall(common.timeout());
             run_writer(BIN, &mut sink, &opts, stdin().as_fd())?;
         }
         Api::Sysv => {
@@ -93,7 +95,7 @@ fn run(args: &Args) -> Result<()> {
             if opts.count.is_some() {
                 check_frames_fit(opts.size, q.msgmax(), "/proc/sys/kernel/msgmax sets the limit")?;
             }
-            let mut sink = sysv::QueueSink::new(&q)?;
+            let mut sink = sysv::QueueSink::new(&q)?.with_stall(common.timeout());
             run_writer(BIN, &mut sink, &opts, stdin().as_fd())?;
         }
     }

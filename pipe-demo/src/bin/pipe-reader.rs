@@ -63,7 +63,9 @@ fn run(args: &Args) -> Result<()> {
     }
     refuse_terminal(input.as_fd(), "standard input", "pipe-writer | pipe-reader")?;
     // 2. Read frames until the end frame; end of file before it means the writer died.
-    let mut source = StreamSource::new(input.as_fd(), opts.max_frame, common.timeout(), "pipe")?;
+    // --timeout: for the first frame, and then for any stall (a frozen writer).
+    let mut source = StreamSource::new(input.as_fd(), opts.max_frame, common.timeout(), "pipe")?
+        .with_stall(common.timeout());
     run_reader(BIN, "pipe", &mut source, &opts)?;
     Ok(())
 }

@@ -88,6 +88,7 @@ fn run(args: &Args) -> Result<()> {
 
 /// Sends everything to `out`, the pipe's write end.
 fn send(args: &Args, out: BorrowedFd<'_>, opts: &ipc_common::driver::WriterOpts) -> Result<()> {
+    let stall = args.common().timeout();
     if let Some(Bytes(bytes)) = args.pipe_size {
         set_pipe_size(out, bytes)?;
     }
@@ -98,7 +99,9 @@ fn send(args: &Args, out: BorrowedFd<'_>, opts: &ipc_common::driver::WriterOpts)
     // Gather small frames into writes of a quarter pipe: one system call per
     // several frames, while the reader drains the rest (see WritePolicy).
     let capacity = pipe_size(out).unwrap_or(pipe_demo::DEFAULT_PIPE_SIZE);
-    let mut sink = StreamSink::new(out, WritePolicy::Buffered(capacity / 4), "pipe")?;
+    // --timeout: how long a full pipe may stay full (a frozen reader).
+    let mut sink =
+        StreamSink::new(out, WritePolicy::Buffered(capacity / 4), "pipe")?.with_stall(stall);
 
     run_writer(BIN, &mut sink, opts, stdin().as_fd()).map(|_| ())
 }

@@ -96,7 +96,8 @@ fn run(args: &Args) -> Result<()> {
     );
     // 2. Read frames in place until the end frame; the writer is watched by its pid.
     let slot = seg.writer_slot(common.timeout());
-    let mut source = seg.consumer(slot, args.spin, opts.max_frame)?;
+    // --timeout: for the first writer, then for a stall mid-stream (a frozen writer).
+    let mut source = seg.consumer(slot, args.spin, opts.max_frame)?.with_stall(common.timeout());
     let mech = match args.api {
         Api::Posix => "posix shm",
         Api::Sysv => "sysv shm",

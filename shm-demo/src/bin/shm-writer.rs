@@ -80,7 +80,8 @@ fn run(args: &Args) -> Result<()> {
         )));
     }
     // 3. Frames into the ring, the end frame, then the closed flag.
-    let mut sink = seg.producer(args.spin)?;
+    // --timeout also bounds how long the ring may stay full (a frozen reader).
+    let mut sink = seg.producer(args.spin)?.with_stall(common.timeout());
     run_writer(BIN, &mut sink, &opts, stdin().as_fd())?;
     sink.close()
 }
