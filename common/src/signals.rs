@@ -22,6 +22,12 @@ static PENDING: AtomicUsize = AtomicUsize::new(0);
 /// Signals that ask the program to stop (exit 130 / 143 after cleanup).
 pub const STOP_SIGNALS: [i32; 2] = [libc::SIGINT, libc::SIGTERM];
 
+/// Environment variable for fault injection: when set to `1`, SIGUSR1 gets a
+/// handler that does nothing, installed *without* `SA_RESTART`, so a storm of
+/// SIGUSR1 makes every blocking call the program makes fail with `EINTR` — the
+/// test that proves each of them is retried (nothing lost, nothing repeated).
+pub const EINTR_ENV: &str = "IPC_DEMOS_EINTR_STORM";
+
 /// Registers the stop handlers. Call once, first thing in `main`'s run.
 pub fn install() -> Result<()> {
     for sig in STOP_SIGNALS {
@@ -29,7 +35,20 @@ pub fn install() -> Result<()> {
         signal_hook::flag::register_usize(sig, &PENDING, value)
             .context(|| format!("sigaction signal {sig}"))?;
     }
+    if std::env::var_os(EINTR_ENV).is_some_and(|v| v == "1") {
+        interrupt_on_sigusr1()?;
+    }
     Ok(())
+}
+
+extern "C" fn ignore(_: libc::c_int) {}
+
+/// SIGUSR1: a handler that does nothing, without `SA_RESTART` (see [`EINTR_ENV`]).
+fn interrupt_on_sigusr1() -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(SigHandler::Handler(ignore), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler does nothing at all, so it is async-signal-safe.
+    unsafe { sigaction(Signal::SIGUSR1, &action) }.map(drop).context(|| "sigaction SIGUSR1")
 }
 
 /// The stop signal received so far, if any.
