@@ -2,7 +2,10 @@
 CARGO ?= cargo
 BIN := target/release
 
-.PHONY: all build demo test lint clean-ipc bench help
+.PHONY: all build demo test lint clean-ipc bench crash-matrix fuzz soak help
+
+# make soak MINUTES=N: how long the soak runs (make test runs it for 1).
+MINUTES ?= 10
 
 all: build
 
@@ -12,9 +15,10 @@ build: ## build every binary (release)
 demo: build ## run every pair once, small: one line per mechanism, with the commands
 	@sh scripts/demo.sh $(BIN)
 
-test: build ## cargo test (real processes in pairs), the demo, then check nothing of ours is left
+test: build ## cargo test (real processes in pairs), the demo, a 1-minute soak, then check nothing of ours is left
 	$(CARGO) test --release --workspace
 	@sh scripts/demo.sh $(BIN)
+	$(BIN)/ipc-soak --minutes 1
 	@$(BIN)/ipc-clean --check
 
 lint: ## rustfmt --check and clippy -D warnings
@@ -24,8 +28,17 @@ lint: ## rustfmt --check and clippy -D warnings
 clean-ipc: build ## remove whatever a killed run left (FIFOs, queues, segments...)
 	$(BIN)/ipc-clean --remove
 
-bench: build ## measure: pipe vs dd, round trips, queues and shared memory vs the pipe
+bench: build ## every mechanism side by side (ipc-bench, 3-7 min on 2 CPUs): tables, then target/ipc-bench/*.{json,csv,svg}
 	@sh scripts/bench.sh $(BIN)
 
+crash-matrix: build ## SIGKILL writer, reader, both, on every mechanism: print what survives (the README table)
+	$(CARGO) test --release -p ipc-faults --test crash_matrix -- --nocapture
+
+fuzz: ## the frame decoder under cargo-fuzz (installs nightly and cargo-fuzz if missing; FUZZ_SECONDS=60 a target)
+	@sh scripts/fuzz.sh
+
+soak: build ## random pairs, sizes and injected faults for MINUTES (default 10): transfers, faults, leaks
+	$(BIN)/ipc-soak --minutes $(MINUTES)
+
 help: ## this list
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14

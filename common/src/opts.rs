@@ -12,6 +12,7 @@
 //! reader: --count N  --writers K  --timeout SECS  --max-frame BYTES  --quiet  --version
 //! ```
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
@@ -167,12 +168,14 @@ pub fn parse<T: argh::FromArgs + VersionFlag>(bin: &str) -> std::result::Result<
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     match T::from_args(&[bin], &strs) {
         Ok(parsed) if parsed.version() => {
-            println!("{bin} {}", env!("CARGO_PKG_VERSION"));
+            // writeln, not println: `--version | head -0` must not panic on EPIPE.
+            let _ = writeln!(std::io::stdout(), "{bin} {}", env!("CARGO_PKG_VERSION"));
             Err(ExitCode::SUCCESS)
         }
         Ok(parsed) => Ok(parsed),
         Err(early) if early.status.is_ok() => {
-            println!("{}", early.output);
+            // --help: a closed pipe (`--help | head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{}", early.output);
             Err(ExitCode::SUCCESS)
         }
         Err(early) => {

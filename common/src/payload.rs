@@ -140,30 +140,90 @@ impl Generator {
 }
 
 /// CRC-32 over every payload of a stream, in order: the summary's `digest`.
+///
+/// Appending a payload by its CRC (zlib's `crc32_combine`) multiplies the
+/// digest so far by x^(8·len) modulo the CRC polynomial, then adds the
+/// payload's CRC. Done from scratch, that costs more than checking a 64-byte
+/// payload's CRC (~100 ns a frame here); but a stream mostly repeats one
+/// length (`--size 4K`), so once a length comes twice in a row the digest
+/// keeps a table that multiplies by its x^(8·len) four bits at a time: 8
+/// lookups a frame (~10 ns).
 #[derive(Debug, Clone, Default)]
-pub struct Digest(crc32fast::Hasher);
+pub struct Digest {
+    /// The CRC-32 so far.
+    crc: u32,
+    /// The last payload length added by its CRC, and its table once it repeats.
+    len: u64,
+    shift: Option<Box<Shift>>,
+}
+
+/// Multiplication by one x^(8·len) modulo the CRC-32 polynomial (reflected,
+/// as CRCs are stored): `row[k][n]` is the product of nibble `n` at bit `4k`.
+#[derive(Debug, Clone)]
+struct Shift([[u32; 16]; 8]);
+
+impl Shift {
+    fn new(len: u64) -> Self {
+        // x^(8·len) itself: "1" (x^0, the top bit when reflected) combined
+        // with `len` zero bytes.
+        let mut by = crc32fast::Hasher::new_with_initial_len(0x8000_0000, 0);
+        by.combine(&crc32fast::Hasher::new_with_initial_len(0, len));
+        // Bit j of a reflected value stands for x^(31-j): its product is
+        // x^(8·len) times x^(31-j), each column the next one times x.
+        let mut column = [0u32; 32];
+        let mut v = by.finalize();
+        for c in column.iter_mut().rev() {
+            *c = v;
+            v = (v >> 1) ^ ((v & 1).wrapping_neg() & 0xedb8_8320);
+        }
+        let mut rows = [[0u32; 16]; 8];
+        for (k, row) in rows.iter_mut().enumerate() {
+            for n in 1..16 {
+                // Linear: nibble n is its lowest bit plus the rest.
+                row[n] = row[n & (n - 1)] ^ column[4 * k + n.trailing_zeros() as usize];
+            }
+        }
+        Shift(rows)
+    }
+
+    fn apply(&self, crc: u32) -> u32 {
+        let nibble = |k: usize| ((crc >> (4 * k)) & 0xf) as usize;
+        self.0.iter().enumerate().fold(0, |p, (k, row)| p ^ row[nibble(k)])
+    }
+}
 
 impl Digest {
     /// An empty digest.
     #[must_use]
     pub fn new() -> Self {
-        Digest(crc32fast::Hasher::new())
+        Digest::default()
     }
 
-    /// Appends a payload whose own CRC-32 is already known (O(log len), no re-read).
+    /// Appends a payload whose own CRC-32 is already known (no re-read).
     pub fn add_crc(&mut self, crc: u32, len: u64) {
-        self.0.combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
+        if len == self.len {
+            let shift = self.shift.get_or_insert_with(|| Box::new(Shift::new(len)));
+            self.crc = shift.apply(self.crc) ^ crc;
+            return;
+        }
+        // A new length: zlib's combine from scratch (O(log len)).
+        let mut digest = crc32fast::Hasher::new_with_initial_len(self.crc, 0);
+        digest.combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
+        self.crc = digest.finalize();
+        (self.len, self.shift) = (len, None);
     }
 
     /// Appends payload bytes (for raw streams, which have no per-frame CRC).
     pub fn add_bytes(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
+        let mut digest = crc32fast::Hasher::new_with_initial(self.crc);
+        digest.update(bytes);
+        self.crc = digest.finalize();
     }
 
     /// The CRC-32 so far.
     #[must_use]
     pub fn value(&self) -> u32 {
-        self.0.clone().finalize()
+        self.crc
     }
 }
 
@@ -218,5 +278,28 @@ mod tests {
         assert_eq!(by_crc.value(), crate::frame::crc32(&all));
         assert_eq!(by_bytes.value(), by_crc.value());
         assert_eq!(Digest::new().to_string(), "00000000");
+    }
+
+    #[test]
+    fn digest_of_repeated_and_changing_lengths_equals_crc_of_the_concatenation() {
+        let pool = Generator::new(3, SizeSpec::fixed(5000));
+        let mut digest = Digest::new();
+        let mut all = crc32fast::Hasher::new();
+        for seq in 0..600u64 {
+            // Runs of one length (the table), lone lengths (from scratch),
+            // empty payloads, and a few raw byte runs in between.
+            let payload = match seq % 7 {
+                0 => pool.payload(seq),
+                1 => &[][..],
+                _ => &pool.payload(seq / 50)[..=(seq / 50 * 37 % 5000) as usize],
+            };
+            all.update(payload);
+            if seq % 11 == 0 {
+                digest.add_bytes(payload);
+            } else {
+                digest.add_crc(crate::frame::crc32(payload), payload.len() as u64);
+            }
+            assert_eq!(digest.value(), all.clone().finalize(), "after payload {seq}");
+        }
     }
 }

@@ -246,6 +246,18 @@ impl<F: AsFd> StreamSource<F> {
         })
     }
 
+    /// Starts with a buffer of `bytes` (at least a header's worth) instead of
+    /// [`STREAM_BUFFER`]. Call it before the first receive. The fuzz and property
+    /// tests use a small one, so that short inputs take the compaction and growth
+    /// paths of long streams.
+    #[must_use]
+    pub fn with_buffer(mut self, bytes: usize) -> Self {
+        debug_assert_eq!(self.end, 0, "with_buffer after the first receive");
+        self.buf = vec![0; bytes.max(HEADER_LEN)];
+        (self.start, self.end) = (0, 0);
+        self
+    }
+
     /// The descriptor being read.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -281,7 +293,12 @@ impl<F: AsFd> StreamSource<F> {
                 // arrive — a peer that announces 16 MiB and sends 100 bytes
                 // gets no 16 MiB of our memory.
                 let wanted = self.start + need;
-                self.buf.resize((self.buf.len() * 2).min(wanted).max(self.buf.len() + 1), 0);
+                let len = (self.buf.len() * 2).min(wanted).max(self.buf.len() + 1);
+                // reserve_exact first: `resize` alone rounds the capacity up to
+                // twice the old one (Vec's amortised growth), which for the last
+                // step of a 16 MiB frame is 32 MiB — above --max-frame.
+                self.buf.reserve_exact(len - self.buf.len());
+                self.buf.resize(len, 0);
             }
             // read: as much as the kernel has, up to the free space in the buffer.
             match read(self.fd.as_fd(), &mut self.buf[self.end..]) {
@@ -377,8 +394,11 @@ impl<F: AsFd> Drop for StreamSource<F> {
 /// counts newline-separated pieces (`echo hi` is 1 message, 3 bytes), and the
 /// digest covers every byte, newlines included, so both raw ends agree.
 ///
-/// Returns the byte count. Reads wait in `poll` first, so Ctrl-C works while the
-/// input is quiet. The input's flags are never changed, nor a terminal's: those
+/// Returns the byte count. A blocking input is waited for in `poll` first, so
+/// Ctrl-C works while it is quiet; a non-blocking one (a FIFO's read end) is
+/// read first and polled only on `EAGAIN`, because `read` is what reports the
+/// end of a FIFO whose writer came and went before the descriptor was opened
+/// (`poll` never reports that hang-up to it). The input's flags are never changed, nor a terminal's: those
 /// are shared with the shell, and a process killed before putting them back
 /// would leave the shell's own reads failing.
 pub fn pump_raw(
@@ -414,8 +434,15 @@ struct RawTally {
 fn pump(input: BorrowedFd<'_>, output: BorrowedFd<'_>, what: &str) -> Result<RawTally> {
     let mut buf = vec![0u8; STREAM_BUFFER];
     let mut t = RawTally { bytes: 0, lines: 0, digest: Digest::new(), ends_with_newline: true };
+    // fcntl(F_GETFL): only a blocking input needs the poll before each read.
+    let flags =
+        OFlag::from_bits_retain(fcntl(input, FcntlArg::F_GETFL).context(|| "fcntl F_GETFL")?);
+    let mut ready = flags.contains(OFlag::O_NONBLOCK);
     loop {
-        wait_fd(input, PollFlags::POLLIN, &Deadline::never(), || Ok(()))?;
+        if !ready {
+            wait_fd(input, PollFlags::POLLIN, &Deadline::never(), || Ok(()))?;
+        }
+        ready = flags.contains(OFlag::O_NONBLOCK);
         match read(input, &mut buf) {
             Ok(0) => {
                 t.lines += u64::from(!t.ends_with_newline);
@@ -436,7 +463,10 @@ fn pump(input: BorrowedFd<'_>, output: BorrowedFd<'_>, what: &str) -> Result<Raw
                     _ => e,
                 })?;
             }
-            Err(Errno::EAGAIN | Errno::EINTR) => signals::check()?,
+            Err(Errno::EAGAIN | Errno::EINTR) => {
+                signals::check()?;
+                ready = false;
+            }
             Err(e) => return Err(Error::errno(format!("read {what}"), e)),
         }
     }

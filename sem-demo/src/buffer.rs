@@ -89,7 +89,7 @@ use std::mem::offset_of;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipc_common::driver::{FrameSink, FrameSource};
 use ipc_common::error::{Error, Result};
@@ -98,7 +98,7 @@ use ipc_common::liveness::{ReaderPresence, WriterPresence};
 use ipc_common::paths;
 use ipc_common::say;
 use ipc_common::signals;
-use ipc_common::wait::{Deadline, TICK, pause};
+use ipc_common::wait::{Deadline, TICK, pause, stalled};
 
 use crate::{
     Locked, MutexGuard, NamedSemaphore, Op, RobustMutex, ShmObject, SysvSet, check_existing,
@@ -672,6 +672,8 @@ impl BoundedBuffer {
             seen_frame: false,
             deadline: Deadline::after(first_timeout),
             timeout: first_timeout,
+            stall: None,
+            last: Instant::now(),
         }
     }
 }
@@ -701,9 +703,31 @@ pub struct BufferSource<'b> {
     seen_frame: bool,
     deadline: Deadline,
     timeout: Option<Duration>,
+    /// How long a started stream may go quiet while a writer still holds the
+    /// buffer (a frozen writer, `--timeout`); and when the last frame came.
+    stall: Option<Duration>,
+    last: Instant,
 }
 
 impl BufferSource<'_> {
+    /// Gives up (peer lost) when a writer holds the buffer but fills no slot
+    /// for `stall` once the stream has begun (a frozen writer).
+    #[must_use]
+    pub fn with_stall(mut self, stall: Option<Duration>) -> Self {
+        self.stall = stall;
+        self
+    }
+
+    /// `Err` once a started stream has been quiet for the stall limit.
+    fn check_stall(&self) -> Result<()> {
+        match self.stall {
+            Some(limit) if self.seen_frame && self.last.elapsed() >= limit => {
+                Err(stalled("the writers", limit))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// "writer 2 (pid 4242) died inside its critical section ...".
     fn died_copying(&self, writer: u16, pid: u32) -> Error {
         Error::peer_lost(format!(
@@ -759,6 +783,8 @@ impl BufferSource<'_> {
         let buf = self.buf;
         self.check_copier()?;
         if buf.presence.writers_present()? {
+            // A writer is there but posts nothing: frozen (SIGSTOP) or stuck?
+            self.check_stall()?;
             return Ok(Tick::Wait);
         }
         // No writer left. A frame posted just before its writer exited still counts...
@@ -802,6 +828,8 @@ impl BufferSource<'_> {
                 SlotState::Free if !buf.presence.writers_present()? => return Ok(false),
                 SlotState::Free | SlotState::Writing { .. } => {
                     self.check_copier()?;
+                    // A live writer frozen mid-copy never commits.
+                    self.check_stall()?;
                     pause(&Deadline::never(), Duration::from_millis(1))?;
                 }
             }
@@ -826,6 +854,7 @@ impl FrameSource for BufferSource<'_> {
         }
         self.lent = true;
         self.seen_frame = true;
+        self.last = Instant::now();
         let slot = buf.ring.frame_ptr(self.next);
         // SAFETY: `slot_size` bytes inside the mapping, which outlives the returned
         // borrow (tied to &mut self). P(full) and the committed state gave the slot
@@ -868,6 +897,8 @@ pub struct BufferSink {
     presence: WriterPresence,
     family: Family,
     pid: u32,
+    /// How long a slot may take to come free (a frozen reader, `--timeout`).
+    stall: Option<Duration>,
 }
 
 /// What a reader published: its family, and for System V the set's key and id.
@@ -977,7 +1008,16 @@ impl BufferSink {
             presence,
             family,
             pid: std::process::id(),
+            stall: None,
         }))
+    }
+
+    /// Gives up (peer lost) when no slot comes free for `stall` mid-stream
+    /// (a frozen reader); `None`, the default, waits as long as it takes.
+    #[must_use]
+    pub fn with_stall(mut self, stall: Option<Duration>) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// Largest payload a slot holds.
@@ -1000,6 +1040,9 @@ impl BufferSink {
     /// POSIX lock's guard is returned (it unlocks on drop).
     fn claim(&self) -> Result<Option<MutexGuard<'_>>> {
         let never = Deadline::never();
+        // --timeout mid-stream: a reader that frees no slot is frozen or stuck.
+        let give_up = Deadline::after(self.stall);
+        let frozen = || stalled("the reader", self.stall.unwrap_or_default());
         let presence = &self.presence;
         let mut reader_there = || {
             if presence.reader_present()? {
@@ -1011,7 +1054,9 @@ impl BufferSink {
         match &self.sems {
             Sems::Posix { empty, .. } => {
                 // P(empty): a free slot, or sleep until the reader frees one.
-                empty.wait_until(&never, &mut reader_there)?;
+                if !empty.wait_until(&give_up, &mut reader_there)? {
+                    return Err(frozen());
+                }
                 // The lock (pthread_mutex_trylock, then timedlock in ticks). If we
                 // give up here, give the slot back.
                 let lock = &self.ring.header().writers.lock;
@@ -1036,7 +1081,10 @@ impl BufferSink {
             }
             Sems::Sysv(set) => {
                 // semop {empty -1, lock -1 SEM_UNDO}: both or neither, atomically.
-                set.op_until(&[Op::wait(EMPTY), Op::wait(LOCK).undo()], &never, reader_there)?;
+                let ops = [Op::wait(EMPTY), Op::wait(LOCK).undo()];
+                if !set.op_until(&ops, &give_up, reader_there)? {
+                    return Err(frozen());
+                }
                 Ok(None)
             }
         }

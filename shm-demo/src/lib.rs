@@ -386,7 +386,7 @@ fn existing_posix(name: &str, force: bool) -> Result<()> {
     let fd = match shm_open(name, OFlag::O_RDWR, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(()), // gone meanwhile: try again
-        Err(e) => return Err(Error::errno(format!("shm_open {name}"), e)),
+        Err(e) => return Err(shm_open_failed(name, e)),
     };
     let st = fstat(&fd).context(|| format!("fstat {what}"))?;
     check_ours(&st, &what).map_err(|e| e.hint("pick another --name; it is not ours to remove"))?;
@@ -734,13 +734,26 @@ pub fn open_posix(name: &str, timeout: Option<Duration>) -> Result<Attached> {
                 }
             }
             Err(Errno::ENOENT) => {}
-            Err(e) => return Err(Error::errno(format!("shm_open {name}"), e)),
+            Err(e) => return Err(shm_open_failed(name, e)),
         }
         if deadline.expired() {
             return Err(no_reader(&what, timeout));
         }
         pause(&deadline, OPEN_RETRY)?;
     }
+}
+
+/// `shm_open` of an existing name failed; ELOOP (glibc opens with O_NOFOLLOW)
+/// means a symbolic link was planted at the name: say so.
+fn shm_open_failed(name: &str, e: Errno) -> Error {
+    let err = Error::errno(format!("shm_open {name}"), e);
+    if e == Errno::ELOOP {
+        let path = format!("/dev/shm/{}", name.trim_start_matches('/'));
+        return err.hint(format!(
+            "{path} is a symbolic link; refusing to follow it (not ours: pick another --name)"
+        ));
+    }
+    err
 }
 
 fn no_reader(what: &str, timeout: Option<Duration>) -> Error {

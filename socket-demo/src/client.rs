@@ -8,7 +8,7 @@ use ipc_common::error::{Context, Error, Result};
 use ipc_common::paths;
 use ipc_common::wait::{Deadline, pause, wait_fd};
 use nix::errno::Errno;
-use nix::poll::PollFlags;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockaddrLike, SockaddrStorage, UnixAddr, connect as connect_fd,
     getsockopt, socket, sockopt,
@@ -98,7 +98,9 @@ fn try_connect(
             let err = getsockopt(&fd, sockopt::SocketError).context(|| "getsockopt SO_ERROR")?;
             match Errno::from_raw(err) {
                 Errno::UnknownErrno => {}
-                Errno::ECONNREFUSED | Errno::ETIMEDOUT => return Ok(None),
+                // ECONNRESET: the listener died with our connection still in
+                // its accept queue; like a refusal, nobody listens (now).
+                Errno::ECONNREFUSED | Errno::ECONNRESET | Errno::ETIMEDOUT => return Ok(None),
                 e => return Err(Error::errno(format!("connect {transport} {endpoint}"), e)),
             }
         }
@@ -144,11 +146,29 @@ pub fn await_ready(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<()> 
 
 /// After the end frame: waits for the reader's verdict on everything we sent.
 pub fn await_verdict(fd: BorrowedFd<'_>) -> Result<String> {
-    match read_reply(fd, &Deadline::never())? {
+    await_verdict_within(fd, None)
+}
+
+/// [`await_verdict`], for at most `timeout` (`--timeout`: a reader frozen
+/// after our last frame never answers); `None` waits as long as it takes.
+pub fn await_verdict_within(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<String> {
+    match read_reply(fd, &Deadline::after(timeout))? {
         Some(Reply { code: 0, text }) => Ok(text),
         Some(reply) => Err(reply.into_error("socket-reader rejected the stream")),
+        None if read_side_open(fd) => Err(Error::peer_lost(format!(
+            "the reader did not confirm the stream within {} s (stopped or stuck? --timeout)",
+            timeout.unwrap_or_default().as_secs()
+        ))),
         None => Err(Error::peer_lost("the reader went away before confirming the stream")),
     }
+}
+
+/// Whether the reader has neither sent anything nor hung up.
+fn read_side_open(fd: BorrowedFd<'_>) -> bool {
+    let mut fds =
+        [PollFd::new(fd, PollFlags::POLLIN | PollFlags::from_bits_retain(libc::POLLRDHUP))];
+    // poll with no timeout: a look at the socket's state, never a wait.
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
 }
 
 /// How long a writer whose send failed waits for the reader's reason: the

@@ -20,12 +20,13 @@
 use std::fs;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::Duration;
 
 use ipc_common::driver::{FrameSink, FrameSource};
 use ipc_common::error::{Context, Error, Result};
 use ipc_common::frame::{Frame, HEADER_LEN, Header, parse_message};
 use ipc_common::signals;
-use ipc_common::wait::{Deadline, wait_fd};
+use ipc_common::wait::{Deadline, stalled, wait_fd};
 use memmap2::MmapMut;
 use nix::errno::Errno;
 use nix::poll::PollFlags;
@@ -97,12 +98,21 @@ impl<F: AsFd> FrameSource for MessageSource<F> {
 pub struct MessageSink<F: AsFd> {
     fd: F,
     what: String,
+    stall: Option<Duration>,
 }
 
 impl<F: AsFd> MessageSink<F> {
     /// Writes messages to `fd` (a connected, non-blocking `SOCK_SEQPACKET` socket).
     pub fn new(fd: F, what: impl Into<String>) -> Self {
-        MessageSink { fd, what: what.into() }
+        MessageSink { fd, what: what.into(), stall: None }
+    }
+
+    /// Gives up (peer lost) when the reader takes nothing for `stall` mid-stream
+    /// (a frozen peer); `None`, the default, waits as long as it takes.
+    #[must_use]
+    pub fn with_stall(mut self, stall: Option<Duration>) -> Self {
+        self.stall = stall;
+        self
     }
 }
 
@@ -121,7 +131,10 @@ impl<F: AsFd> FrameSink for MessageSink<F> {
             ) {
                 Ok(_) => return Ok(()),
                 Err(Errno::EAGAIN) => {
-                    wait_fd(self.fd.as_fd(), PollFlags::POLLOUT, &Deadline::never(), || Ok(()))?;
+                    let deadline = Deadline::after(self.stall);
+                    if !wait_fd(self.fd.as_fd(), PollFlags::POLLOUT, &deadline, || Ok(()))? {
+                        return Err(stalled("the reader", self.stall.unwrap_or_default()));
+                    }
                 }
                 Err(Errno::EINTR) => signals::check()?,
                 Err(Errno::EPIPE | Errno::ECONNRESET) => {

@@ -79,7 +79,7 @@ use ipc_common::frame::{Frame, HEADER_LEN, Header, Kind, MAGIC};
 use ipc_common::paths;
 use ipc_common::signals;
 use ipc_common::stream::{LinePrinter, StreamSource, pump_raw};
-use ipc_common::wait::{Deadline, TICK, pause, wait_fd};
+use ipc_common::wait::{Deadline, TICK, pause, stalled, wait_fd};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -98,7 +98,8 @@ pub struct ServerOpts<'a> {
     pub bin: &'static str,
     /// `--count`, `--writers`, `--max-frame`, text mode.
     pub reader: &'a ReaderOpts,
-    /// `--timeout`: how long to wait for the first writer.
+    /// `--timeout`: how long to wait for the first writer, and for a writer's
+    /// next frame mid-stream (a frozen writer: it is cut off, exit 3).
     pub first_timeout: Option<Duration>,
     /// `--idle-timeout`: drop a client that completes no frame for this long.
     pub idle_timeout: Option<Duration>,
@@ -124,6 +125,8 @@ const RUNNING: u8 = 0;
 const STOP_IDLE: u8 = 1;
 const STOP_DONE: u8 = 2;
 const STOP_EXIT: u8 = 3;
+/// A writer that completed no frame for `--timeout` mid-stream (frozen or stuck).
+const STOP_STALL: u8 = 4;
 
 // What a connection is to the server.
 /// No frame magic seen yet.
@@ -325,7 +328,7 @@ impl<'env> Server<'env> {
                     return Ok(());
                 }
             }
-            watchdog(&mut self.live, o.idle_timeout);
+            watchdog(&mut self.live, o.idle_timeout, o.first_timeout);
             if !self.heard_from && first.expired() {
                 let secs = o.first_timeout.unwrap_or_default().as_secs();
                 return Err(Error::peer_lost(format!(
@@ -466,18 +469,27 @@ fn refusal(peer: &Peer, allowed: &[u32]) -> Option<String> {
     }
 }
 
-/// Cuts off connections that completed no frame for `idle`.
-fn watchdog(live: &mut [Live], idle: Option<Duration>) {
-    let Some(idle) = idle else { return };
+/// Cuts off connections that completed no frame for `idle`, and writers that
+/// completed none for `stall` (`--timeout` mid-stream: a frozen writer).
+fn watchdog(live: &mut [Live], idle: Option<Duration>, stall: Option<Duration>) {
+    if idle.is_none() && stall.is_none() {
+        return;
+    }
     let now = Instant::now();
     for l in live {
         let frames = l.shared.frames.load(Ordering::Relaxed);
         if frames != l.seen {
             (l.seen, l.since) = (frames, now);
-        } else if now.duration_since(l.since) >= idle
-            && l.shared.stop.load(Ordering::Relaxed) == RUNNING
-        {
+            continue;
+        }
+        if l.shared.stop.load(Ordering::Relaxed) != RUNNING {
+            continue;
+        }
+        let quiet = now.duration_since(l.since);
+        if idle.is_some_and(|idle| quiet >= idle) {
             l.shared.stop(STOP_IDLE);
+        } else if stall.is_some_and(|stall| quiet >= stall) && l.shared.is_writer() {
+            l.shared.stop(STOP_STALL);
         }
     }
 }
@@ -785,6 +797,9 @@ impl Conn<'_> {
             ),
             STOP_DONE => return Error::peer_lost(self.cx.finishing()),
             STOP_EXIT => "the reader is exiting".to_string(),
+            STOP_STALL => stalled("the writer", self.cx.o.first_timeout.unwrap_or_default())
+                .message()
+                .to_string(),
             _ => return err,
         };
         match check {

@@ -78,11 +78,11 @@ fn run(args: &Args) -> Result<()> {
     if let Some(Bytes(bytes)) = args.pipe_size {
         set_pipe_size(fifo.lock_fd().as_fd(), bytes)?;
     }
-    announce_ready(BIN, format_args!("reading FIFO {}", path.display()));
-
     if args.raw {
-        // 2. Raw: copy bytes to standard output until the writer closes.
+        // 2. Raw: copy bytes to standard output until the writer closes. The
+        // read end is opened before we say ready, so it sees every writer's close.
         let fd = fifo.open_reader()?;
+        announce_ready(BIN, format_args!("reading FIFO {}", path.display()));
         wait_for_writer(fd.as_fd(), &path, &Deadline::after(common.timeout()), common.timeout())?;
         pump_raw(BIN, "received", fd.as_fd(), stdout().as_fd(), "FIFO")?;
         return Ok(());
@@ -90,6 +90,7 @@ fn run(args: &Args) -> Result<()> {
     // 2. Read frames from each writer until --writers end frames have come.
     let announce = (!common.quiet).then_some(BIN);
     let mut source = FifoSource::new(&fifo, opts.max_frame, common.timeout(), announce)?;
+    announce_ready(BIN, format_args!("reading FIFO {}", path.display()));
     run_reader(BIN, "fifo", &mut source, &opts)?;
     // 3. `fifo` drops here (and on every error path above): the FIFO is unlinked.
     Ok(())

@@ -127,7 +127,8 @@ fn run(args: &Args) -> Result<()> {
 
     // 2. Each frame: P(full), check it in its slot, V(empty) at the next one;
     //    until --writers end frames have come.
-    let mut source = buf.source(opts.max_frame, common.timeout());
+    // --timeout: for the first writer, then for a stall mid-stream (a frozen writer).
+    let mut source = buf.source(opts.max_frame, common.timeout()).with_stall(common.timeout());
     run_reader(BIN, "sem", &mut source, &opts)?;
     // 3. `buf` drops here (and on every error path): semaphores and object removed.
     Ok(())

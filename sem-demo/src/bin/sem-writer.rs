@@ -61,7 +61,9 @@ fn run(args: &Args) -> Result<()> {
     signals::install()?;
 
     // 1. Wait for the reader's buffer; open it and the semaphores its header names.
-    let mut sink = BufferSink::connect(&name, args.lock, common.timeout())?;
+    //    --timeout also bounds a wait for a free slot mid-stream (a frozen reader).
+    let mut sink =
+        BufferSink::connect(&name, args.lock, common.timeout())?.with_stall(common.timeout());
     if opts.count.is_some() && opts.size.max > sink.payload_capacity() {
         return Err(Error::usage(format!(
             "--size {}: the reader's slots hold payloads up to {} bytes (see sem-reader --slot-size)",

@@ -32,8 +32,11 @@ use ipc_common::driver::{FrameSink, WriterOpts, run_writer};
 use ipc_common::error::{Error, Exit, Result};
 use ipc_common::opts::{self, WriterArgs};
 use ipc_common::stream::{StreamSink, WritePolicy, pump_raw};
+use ipc_common::wait::stalled;
 use ipc_common::{paths, say, signals};
-use socket_demo::client::{await_ready, await_verdict, check_server, connect, reason_if_any};
+use socket_demo::client::{
+    await_ready, await_verdict_within, check_server, connect, reason_if_any,
+};
 use socket_demo::fdpass::{MemfdSink, send_file};
 use socket_demo::message::{MessageSink, fit_send_buffer};
 use socket_demo::{Endpoint, EndpointArgs, SEND_BUFFER, Transport, endpoint, lost_if_closed};
@@ -143,23 +146,30 @@ fn run(args: &Args) -> Result<()> {
             if let Some(size) = common.size.filter(|_| opts.count.is_some()) {
                 fit_send_buffer(sock.as_fd(), size.max + ipc_common::frame::HEADER_LEN)?;
             }
-            send_frames(&mut MessageSink::new(sock.as_fd(), "unix-dgram socket"), &opts)
+            // --timeout also bounds a stall mid-stream (a frozen reader).
+            let mut sink =
+                MessageSink::new(sock.as_fd(), "unix-dgram socket").with_stall(common.timeout());
+            send_frames(&mut sink, &opts)
         }
         (None, transport) => {
             let what = format!("{transport} socket");
-            let mut sink = StreamSink::new(sock.as_fd(), WritePolicy::Buffered(SEND_BUFFER), what)?;
+            let mut sink = StreamSink::new(sock.as_fd(), WritePolicy::Buffered(SEND_BUFFER), what)?
+                .with_stall(common.timeout());
             send_frames(&mut sink, &opts)
         }
     };
     // A TCP connection the kernel gave up on (the reader's host vanished) is a
     // lost reader; and if the reader hung up on us, it may have said why first.
+    // A reader that took nothing for --timeout (frozen) will not: no wait for it.
+    let stall = common.timeout().map(|t| stalled("the reader", t).message().to_string());
     sent.map_err(|e| match lost_if_closed(sock.as_fd(), e) {
+        e if stall.as_deref().is_some_and(|s| e.message().starts_with(s)) => e,
         e if e.exit() == Exit::PeerLost => reason_if_any(sock.as_fd(), e),
         e => e,
     })?;
 
     // 5. The reader's verdict on everything we sent.
-    await_verdict(sock.as_fd())?;
+    await_verdict_within(sock.as_fd(), common.timeout())?;
     Ok(())
 }
 

@@ -1,0 +1,562 @@
+//! Hostile input, as a property test: the frame decoders against random and
+//! mutated streams and messages (issue 9, "Hostile input").
+//!
+//! Each case builds valid frames with [`frame::encode_into`] (random writers,
+//! sizes from 0 bytes to past the stream buffer, proper sequence numbers and an
+//! end frame), then mutates them: bit flips, truncation, splices of two streams,
+//! oversized or merely large `len` fields, header bytes set at random, or plain
+//! garbage. Every case is checked against a reference decoder written here from
+//! SPEC §3 alone, so the properties are:
+//!
+//! - no panic, in [`StreamSource`] (fed through a real pipe, the way a reader
+//!   gets it) or in [`frame::parse_message`];
+//! - the stream decoder returns exactly the frames the reference finds, then
+//!   ends the way it does: clean end of file, bad data (exit 4), or a frame cut
+//!   short (exit 3);
+//! - every frame the reader's checks accept ([`Validator::accept`], CRC on) has
+//!   a CRC that a bitwise CRC-32 written here agrees with;
+//! - no single allocation while decoding is larger than the header plus
+//!   `--max-frame`, nor (for a stream) twice the bytes that actually arrived —
+//!   measured by a counting global allocator — and `parse_message` allocates
+//!   nothing at all.
+//!
+//! `IPC_DEMOS_PROP_SEED=N` replays a run; `IPC_DEMOS_PROP_CASES=N` changes its size.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+use ipc_common::Exit;
+use ipc_common::driver::{FrameSource, ReaderOpts, Validator};
+use ipc_common::frame::{self, DEFAULT_MAX_FRAME, HEADER_LEN, Header, Kind};
+use ipc_common::stream::{STREAM_BUFFER, StreamSource};
+
+// ---------------------------------------------------------------------------
+// A global allocator that records the largest single allocation on this thread
+// while tracking is on (the decoding, not the test's own set-up).
+
+struct Counting;
+
+thread_local! {
+    static TRACK: Cell<bool> = const { Cell::new(false) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note(size: usize) {
+    let _ = TRACK.try_with(|t| {
+        if t.get() {
+            let _ = PEAK.try_with(|p| p.set(p.get().max(size)));
+            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every call is passed to the system allocator unchanged; the wrapper
+// only records sizes in thread-local cells, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: the caller's contract is System's contract.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Runs `f` with allocation tracking on; returns its result, the largest single
+/// allocation and the number of allocations it made.
+fn tracked<T>(f: impl FnOnce() -> T) -> (T, usize, u64) {
+    PEAK.with(|p| p.set(0));
+    COUNT.with(|c| c.set(0));
+    TRACK.with(|t| t.set(true));
+    let out = f();
+    TRACK.with(|t| t.set(false));
+    (out, PEAK.with(Cell::get), COUNT.with(Cell::get))
+}
+
+// ---------------------------------------------------------------------------
+// A seeded PRNG (splitmix64): no dependency, and a failing case replays.
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+    /// Payload sizes a reader meets: mostly small, sometimes past the stream buffer.
+    fn size(&mut self) -> usize {
+        match self.below(100) {
+            0..=39 => self.below(64),
+            40..=89 => self.below(4096),
+            90..=97 => self.below(70_000),
+            _ => STREAM_BUFFER - 64 + self.below(STREAM_BUFFER * 2),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The reference: SPEC §3 read literally, over a slice.
+
+/// The CRC-32 (IEEE, reflected 0xedb88320) table, built bit by bit at compile time.
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
+/// CRC-32 (IEEE) from the table above: nothing shared with the code under test.
+fn crc32_ref(bytes: &[u8]) -> u32 {
+    !bytes
+        .iter()
+        .fold(!0u32, |crc, &b| CRC_TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// End of input at a frame boundary.
+    Clean,
+    /// A header the reader must refuse (exit 4).
+    BadData,
+    /// End of input inside a frame (exit 3).
+    Truncated,
+}
+
+struct RefFrame {
+    kind: u8,
+    writer: u16,
+    seq: u64,
+    crc: u32,
+    payload: std::ops::Range<usize>,
+}
+
+fn le(b: &[u8]) -> u64 {
+    b.iter().rev().fold(0, |acc, &x| (acc << 8) | u64::from(x))
+}
+
+/// The header at `b` by the table in SPEC §3, or `None` if a reader must refuse it.
+fn ref_header(b: &[u8], max_frame: u32) -> Option<(u8, u16, u64, u32, u32)> {
+    let (kind, flags, len) = (b[4], b[5], le(&b[16..20]));
+    let ok = &b[0..4] == b"IPC1"
+        && kind <= 1
+        && flags == 0
+        && len <= u64::from(max_frame)
+        && (kind == 0 || len == 0);
+    ok.then(|| (kind, le(&b[6..8]) as u16, le(&b[8..16]), len as u32, le(&b[20..24]) as u32))
+}
+
+fn ref_stream(input: &[u8], max_frame: u32) -> (Vec<RefFrame>, End) {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    loop {
+        let rest = &input[at..];
+        if rest.is_empty() {
+            return (frames, End::Clean);
+        }
+        if rest.len() < HEADER_LEN {
+            return (frames, End::Truncated);
+        }
+        let Some((kind, writer, seq, len, crc)) = ref_header(rest, max_frame) else {
+            return (frames, End::BadData);
+        };
+        let total = HEADER_LEN + len as usize;
+        if rest.len() < total {
+            return (frames, End::Truncated);
+        }
+        let p = at + HEADER_LEN;
+        frames.push(RefFrame { kind, writer, seq, crc, payload: p..p + len as usize });
+        at += total;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Inputs: valid frames, then mutations.
+
+/// A valid stream: `writers` writers taking turns, seq 0.. each, then end frames.
+fn valid_stream(rng: &mut Rng, max_payload: usize) -> Vec<u8> {
+    let writers = 1 + rng.below(3) as u16;
+    let base = rng.below(1000) as u16;
+    let frames = rng.below(24);
+    let mut next = vec![0u64; usize::from(writers)];
+    let mut out = Vec::new();
+    let mut one = Vec::new();
+    for _ in 0..frames {
+        let w = rng.below(usize::from(writers));
+        let n = rng.size().min(max_payload);
+        let payload = rng.bytes(n);
+        let header = Header::data(base + w as u16, next[w], &payload);
+        frame::encode_into(&mut one, &header, &payload);
+        out.extend_from_slice(&one);
+        next[w] += 1;
+    }
+    for (w, &count) in next.iter().enumerate() {
+        out.extend_from_slice(&Header::end(base + w as u16, count).to_bytes());
+    }
+    out
+}
+
+fn valid_message(rng: &mut Rng, max_payload: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    if rng.chance(8) {
+        let h = Header::end(rng.next() as u16, rng.next() % 1000);
+        frame::encode_into(&mut out, &h, &[]);
+    } else {
+        let n = rng.size().min(max_payload);
+        let payload = rng.bytes(n);
+        let h = Header::data(rng.next() as u16, rng.next() % 1000, &payload);
+        frame::encode_into(&mut out, &h, &payload);
+    }
+    out
+}
+
+/// Offsets of the frame headers in a valid stream (for aimed mutations).
+fn header_offsets(input: &[u8]) -> Vec<usize> {
+    let (frames, _) = ref_stream(input, u32::MAX);
+    frames.iter().map(|f| f.payload.start - HEADER_LEN).collect()
+}
+
+const MUTATIONS: [&str; 9] = [
+    "valid",
+    "bit flips",
+    "truncated",
+    "spliced",
+    "oversized len",
+    "large len, few bytes",
+    "header byte",
+    "garbage",
+    "magic then garbage",
+];
+
+/// Applies mutation `m` of [`MUTATIONS`] to `valid` (and `other`, for a splice).
+fn mutate(rng: &mut Rng, m: usize, mut v: Vec<u8>, other: &[u8], max_frame: u32) -> Vec<u8> {
+    let heads = header_offsets(&v);
+    let aim = |rng: &mut Rng| heads.get(rng.below(heads.len())).copied();
+    match MUTATIONS[m] {
+        "bit flips" if !v.is_empty() => {
+            for _ in 0..=rng.below(8) {
+                // Mostly in a header, where a flip changes what the decoder does.
+                let at = match aim(rng) {
+                    Some(h) if rng.chance(2) => h + rng.below(HEADER_LEN),
+                    _ => rng.below(v.len()),
+                };
+                let at = at.min(v.len() - 1);
+                v[at] ^= 1 << rng.below(8);
+            }
+        }
+        "truncated" => v.truncate(rng.below(v.len() + 1)),
+        "spliced" => {
+            v.truncate(rng.below(v.len() + 1));
+            v.extend_from_slice(&other[rng.below(other.len() + 1)..]);
+        }
+        "oversized len" | "large len, few bytes" => {
+            if let Some(h) = aim(rng) {
+                let len: u32 = if MUTATIONS[m] == "oversized len" {
+                    let over = max_frame.saturating_add(1);
+                    match rng.below(3) {
+                        0 => u32::MAX,
+                        1 => over,
+                        _ => over.saturating_add(rng.next() as u32 % 1_000_000),
+                    }
+                } else {
+                    max_frame - (rng.next() as u32 % (max_frame / 4 + 1))
+                };
+                v[h + 16..h + 20].copy_from_slice(&len.to_le_bytes());
+            }
+        }
+        "header byte" => {
+            if let Some(h) = aim(rng) {
+                v[h + rng.below(HEADER_LEN)] = rng.next() as u8;
+            }
+        }
+        "garbage" => {
+            let n = rng.below(4096);
+            v = rng.bytes(n);
+        }
+        "magic then garbage" => {
+            v = b"IPC1".to_vec();
+            let n = rng.below(200);
+            v.extend(rng.bytes(n));
+        }
+        _ => {}
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------
+// Decoding a stream through a pipe, as a reader does.
+
+#[derive(Default)]
+struct Totals {
+    cases: u64,
+    frames: u64,
+    accepted: u64,
+    bytes: u64,
+    by_end: [u64; 3],
+    biggest_growth: usize,
+}
+
+fn pipe_with(input: &[u8]) -> (OwnedFd, Option<std::thread::JoinHandle<()>>) {
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let mut w = std::fs::File::from(w);
+    if input.len() <= 32 << 10 {
+        // Fits the pipe: write it all now, close, no thread.
+        w.write_all(input).expect("write pipe");
+        return (r, None);
+    }
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        // Random-ish chunk sizes, so frames arrive split at odd places. A reader
+        // that stops early closes its end: EPIPE here (SIGPIPE is ignored).
+        let mut rng = Rng(input.len() as u64);
+        let mut at = 0;
+        while at < input.len() {
+            let n = (1 + rng.below(100_000)).min(input.len() - at);
+            if w.write_all(&input[at..at + n]).is_err() {
+                return;
+            }
+            at += n;
+        }
+    });
+    (r, Some(feeder))
+}
+
+/// Decodes `input` through a pipe with a [`StreamSource`] (its buffer `buffer`
+/// bytes at first, or the usual [`STREAM_BUFFER`]) and checks it all.
+fn check_stream(input: &[u8], max_frame: u32, buffer: Option<usize>, what: &str, t: &mut Totals) {
+    let (expect, expect_end) = ref_stream(input, max_frame);
+    let (fd, feeder) = pipe_with(input);
+    let mut source = StreamSource::new(fd, max_frame, None, "property pipe").expect("source");
+    if let Some(bytes) = buffer {
+        source = source.with_buffer(bytes);
+    }
+    let opts = ReaderOpts { count: None, writers: u16::MAX, max_frame, print: false, verify: true };
+    let mut check = Validator::new("prop", &opts);
+    let mut validating = true;
+    let mut got = 0usize;
+    let ((), peak, _) = tracked(|| {
+        let end = loop {
+            match source.recv() {
+                Ok(Some(f)) => {
+                    let e = expect.get(got).unwrap_or_else(|| {
+                        panic!("{what}: decoder returned frame #{got}, the reference has none")
+                    });
+                    let h = f.header;
+                    let kind = u8::from(h.kind == Kind::End);
+                    assert_eq!(
+                        (kind, h.writer, h.seq, h.crc, f.payload),
+                        (e.kind, e.writer, e.seq, e.crc, &input[e.payload.clone()]),
+                        "{what}: frame #{got} differs from the reference"
+                    );
+                    got += 1;
+                    if validating {
+                        match check.accept(&f) {
+                            Ok(_) => {
+                                assert_eq!(
+                                    crc32_ref(f.payload),
+                                    h.crc,
+                                    "{what}: frame #{got} accepted with a wrong checksum"
+                                );
+                                t.accepted += 1;
+                            }
+                            Err(e) => {
+                                assert_eq!(e.exit(), Exit::BadData, "{what}: {}", e.message());
+                                // A reader stops here; the decoder is still checked on.
+                                validating = false;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => break End::Clean,
+                Err(e) if e.exit() == Exit::BadData => break End::BadData,
+                Err(e) if e.exit() == Exit::PeerLost => break End::Truncated,
+                Err(e) => panic!("{what}: unexpected error {:?}: {}", e.exit(), e.message()),
+            }
+        };
+        assert_eq!(got, expect.len(), "{what}: frame count");
+        assert_eq!(end, expect_end, "{what}: how the stream ended");
+        t.by_end[end as usize] += 1;
+    });
+    drop(source);
+    if let Some(f) = feeder {
+        f.join().expect("feeder");
+    }
+    // The buffer was made at STREAM_BUFFER before tracking; anything allocated
+    // while decoding is an error message or growth for one frame.
+    let bound = HEADER_LEN + max_frame as usize;
+    assert!(
+        peak <= bound.max(1024),
+        "{what}: an allocation of {peak} bytes while decoding, above {HEADER_LEN} + --max-frame \
+         {max_frame}"
+    );
+    if peak > 1024 {
+        assert!(
+            peak <= 2 * input.len(),
+            "{what}: an allocation of {peak} bytes for a {}-byte input",
+            input.len()
+        );
+        t.biggest_growth = t.biggest_growth.max(peak);
+    }
+    t.cases += 1;
+    t.frames += got as u64;
+    t.bytes += input.len() as u64;
+}
+
+fn check_message(msg: &[u8], max_frame: u32, what: &str, t: &mut Totals) {
+    let expect = if msg.len() >= HEADER_LEN { ref_header(msg, max_frame) } else { None }
+        .filter(|h| msg.len() == HEADER_LEN + h.3 as usize);
+    let (result, peak, count) = tracked(|| {
+        frame::parse_message(msg, max_frame).map(|f| (f.header, f.payload, f.check_crc().is_ok()))
+    });
+    assert_eq!(count, 0, "{what}: parse_message allocated ({peak} bytes)");
+    match (result, expect) {
+        (Ok((h, payload, crc_ok)), Some((kind, writer, seq, len, crc))) => {
+            assert_eq!(
+                (u8::from(h.kind == Kind::End), h.writer, h.seq, h.len, h.crc),
+                (kind, writer, seq, len, crc),
+                "{what}: header differs from the reference"
+            );
+            assert_eq!(payload, &msg[HEADER_LEN..], "{what}: payload");
+            assert_eq!(crc_ok, crc32_ref(payload) == crc, "{what}: check_crc disagrees");
+            t.frames += 1;
+            t.accepted += u64::from(crc_ok);
+        }
+        (Err(_), None) => {}
+        (Ok(_), None) => panic!("{what}: accepted a message the reference refuses"),
+        (Err(e), Some(_)) => panic!("{what}: refused a valid message: {e}"),
+    }
+    t.cases += 1;
+    t.bytes += msg.len() as u64;
+}
+
+fn seed() -> u64 {
+    std::env::var("IPC_DEMOS_PROP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    })
+}
+
+fn cases(default: u64) -> u64 {
+    std::env::var("IPC_DEMOS_PROP_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn max_frame(rng: &mut Rng) -> u32 {
+    match rng.below(6) {
+        0 => 0,
+        1 => 1 + rng.below(100) as u32,
+        2 => 4096,
+        3 => 200_000,
+        4 => 300_000,
+        _ => DEFAULT_MAX_FRAME,
+    }
+}
+
+#[test]
+fn the_stream_decoder_survives_random_and_mutated_streams() {
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let mut t = Totals::default();
+    let start = Instant::now();
+    let n = cases(25_000);
+    for i in 0..n {
+        let max = max_frame(&mut rng);
+        let valid = valid_stream(&mut rng, max as usize);
+        let other = valid_stream(&mut rng, max as usize);
+        let m = rng.below(MUTATIONS.len());
+        let input = mutate(&mut rng, m, valid, &other, max);
+        // Half the cases start from a small buffer, so that short streams take
+        // the compaction and growth paths too.
+        let buffer = rng.chance(2).then(|| rng.below(4096));
+        let what = format!(
+            "seed {seed} case {i} ({}, --max-frame {max}, buffer {buffer:?})",
+            MUTATIONS[m]
+        );
+        check_stream(&input, max, buffer, &what, &mut t);
+    }
+    println!(
+        "stream decoder: {} cases (seed {seed}), {} MB, {} frames decoded, {} accepted by the \
+         reader's checks; ended clean {}, bad data {}, cut short {}; largest buffer growth {} \
+         bytes; {:.1} s",
+        t.cases,
+        t.bytes >> 20,
+        t.frames,
+        t.accepted,
+        t.by_end[0],
+        t.by_end[1],
+        t.by_end[2],
+        t.biggest_growth,
+        start.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn the_message_decoder_survives_random_and_mutated_messages() {
+    let seed = seed() ^ 0x5eed;
+    let mut rng = Rng(seed);
+    let mut t = Totals::default();
+    let start = Instant::now();
+    let n = cases(200_000);
+    for i in 0..n {
+        let max = max_frame(&mut rng);
+        let valid = valid_message(&mut rng, (max as usize).min(70_000));
+        let other = valid_message(&mut rng, (max as usize).min(70_000));
+        let m = rng.below(MUTATIONS.len());
+        let msg = mutate(&mut rng, m, valid, &other, max);
+        let what = format!("seed {seed} case {i} ({}, --max-frame {max})", MUTATIONS[m]);
+        check_message(&msg, max, &what, &mut t);
+    }
+    println!(
+        "message decoder: {} cases (seed {seed}), {} MB, {} parsed, {} with a right checksum; \
+         no allocation; {:.1} s",
+        t.cases,
+        t.bytes >> 20,
+        t.frames,
+        t.accepted,
+        start.elapsed().as_secs_f64()
+    );
+}
