@@ -9,12 +9,17 @@
 
 #![allow(clippy::missing_panics_doc)]
 
+use std::fs;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use ipc_common::testkit::{Running, TestDir};
 
+pub mod oracle;
 pub mod soak;
 
 /// How the two sides of a pair find each other.
@@ -200,4 +205,42 @@ impl Mechanism {
             }
         }
     }
+}
+
+/// A pidfd of our own on `pid` (a child not yet reaped), to poll for its exit
+/// or signal it without ever reaching a later process that reuses the pid.
+#[must_use]
+pub fn pidfd(pid: i32) -> OwnedFd {
+    // SAFETY: pidfd_open takes a pid and flags and returns a descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(raw >= 0, "pidfd_open {pid}: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor from the kernel, owned by nothing else.
+    unsafe { OwnedFd::from_raw_fd(i32::try_from(raw).expect("fd")) }
+}
+
+/// Waits up to `limit` for the process behind `fd` (a pidfd) to exit; `true` if it did.
+#[must_use]
+pub fn exited_within(fd: &OwnedFd, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) if left.is_zero() => return false,
+            _ => {}
+        }
+    }
+}
+
+/// User plus system CPU time of `pid`, in clock ticks (0 once it is gone).
+#[must_use]
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(") ") else { return 0 };
+    // After the command: state is field 3, utime 14, stime 15 (1-based).
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    num(11) + num(12)
 }

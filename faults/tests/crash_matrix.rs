@@ -36,7 +36,6 @@
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::fs;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -45,8 +44,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipc_common::testkit::{TestDir, bytes_read, wait_until};
-use ipc_faults::{MECHANISMS, Mechanism, bin};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use ipc_faults::{MECHANISMS, Mechanism, bin, cpu_ticks, exited_within, pidfd};
 
 /// How long a survivor may take to notice before the cell records a hang.
 const HANG: Duration = Duration::from_secs(12);
@@ -142,44 +140,6 @@ fn seed() -> u64 {
     std::env::var("CRASH_SEED").ok().and_then(|s| s.trim().parse().ok()).unwrap_or_else(|| {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) % 1_000_000
     })
-}
-
-// ---------------------------------------------------------------------------
-// Watching processes without the testkit's blocking `finish`.
-
-/// A pidfd of our own on `pid`, to poll for its exit with a timeout.
-fn pidfd(pid: i32) -> OwnedFd {
-    // SAFETY: pidfd_open takes a pid and flags and returns a descriptor or -1;
-    // the process is our child and not yet reaped (it is running).
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    assert!(raw >= 0, "pidfd_open {pid}: {}", std::io::Error::last_os_error());
-    // SAFETY: a fresh descriptor from the kernel, owned by nothing else.
-    unsafe { OwnedFd::from_raw_fd(i32::try_from(raw).expect("fd")) }
-}
-
-/// Waits up to `limit` for the process behind `fd` to exit; `true` if it did.
-fn exited_within(fd: &OwnedFd, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(n) if n > 0 => return true,
-            Ok(_) if left.is_zero() => return false,
-            _ => {}
-        }
-    }
-}
-
-/// User plus system CPU time of `pid`, in clock ticks.
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(") ") else { return 0 };
-    // After the command: state is field 3, utime 14, stime 15 (1-based).
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    num(11) + num(12)
 }
 
 // ---------------------------------------------------------------------------

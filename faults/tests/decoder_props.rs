@@ -22,8 +22,6 @@
 //!
 //! `IPC_DEMOS_PROP_SEED=N` replays a run; `IPC_DEMOS_PROP_CASES=N` changes its size.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
@@ -32,65 +30,10 @@ use ipc_common::Exit;
 use ipc_common::driver::{FrameSource, ReaderOpts, Validator};
 use ipc_common::frame::{self, DEFAULT_MAX_FRAME, HEADER_LEN, Header, Kind};
 use ipc_common::stream::{STREAM_BUFFER, StreamSource};
-
-// ---------------------------------------------------------------------------
-// A global allocator that records the largest single allocation on this thread
-// while tracking is on (the decoding, not the test's own set-up).
-
-struct Counting;
-
-thread_local! {
-    static TRACK: Cell<bool> = const { Cell::new(false) };
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = TRACK.try_with(|t| {
-        if t.get() {
-            let _ = PEAK.try_with(|p| p.set(p.get().max(size)));
-            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-        }
-    });
-}
-
-// SAFETY: every call is passed to the system allocator unchanged; the wrapper
-// only records sizes in thread-local cells, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: the caller's contract is System's contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use ipc_faults::oracle::{Counting, crc32_ref, ref_header, tracked};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-/// Runs `f` with allocation tracking on; returns its result, the largest single
-/// allocation and the number of allocations it made.
-fn tracked<T>(f: impl FnOnce() -> T) -> (T, usize, u64) {
-    PEAK.with(|p| p.set(0));
-    COUNT.with(|c| c.set(0));
-    TRACK.with(|t| t.set(true));
-    let out = f();
-    TRACK.with(|t| t.set(false));
-    (out, PEAK.with(Cell::get), COUNT.with(Cell::get))
-}
 
 // ---------------------------------------------------------------------------
 // A seeded PRNG (splitmix64): no dependency, and a failing case replays.
@@ -133,30 +76,6 @@ impl Rng {
 // ---------------------------------------------------------------------------
 // The reference: SPEC §3 read literally, over a slice.
 
-/// The CRC-32 (IEEE, reflected 0xedb88320) table, built bit by bit at compile time.
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut crc = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-            bit += 1;
-        }
-        table[i] = crc;
-        i += 1;
-    }
-    table
-};
-
-/// CRC-32 (IEEE) from the table above: nothing shared with the code under test.
-fn crc32_ref(bytes: &[u8]) -> u32 {
-    !bytes
-        .iter()
-        .fold(!0u32, |crc, &b| CRC_TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8))
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     /// End of input at a frame boundary.
@@ -173,21 +92,6 @@ struct RefFrame {
     seq: u64,
     crc: u32,
     payload: std::ops::Range<usize>,
-}
-
-fn le(b: &[u8]) -> u64 {
-    b.iter().rev().fold(0, |acc, &x| (acc << 8) | u64::from(x))
-}
-
-/// The header at `b` by the table in SPEC §3, or `None` if a reader must refuse it.
-fn ref_header(b: &[u8], max_frame: u32) -> Option<(u8, u16, u64, u32, u32)> {
-    let (kind, flags, len) = (b[4], b[5], le(&b[16..20]));
-    let ok = &b[0..4] == b"IPC1"
-        && kind <= 1
-        && flags == 0
-        && len <= u64::from(max_frame)
-        && (kind == 0 || len == 0);
-    ok.then(|| (kind, le(&b[6..8]) as u16, le(&b[8..16]), len as u32, le(&b[20..24]) as u32))
 }
 
 fn ref_stream(input: &[u8], max_frame: u32) -> (Vec<RefFrame>, End) {

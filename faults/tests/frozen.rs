@@ -15,16 +15,13 @@
 //! finishes, and the reader, woken, reads the whole log and agrees.
 
 use std::fmt::Write as _;
-use std::fs;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ipc_common::testkit::{Outcome, Running, TestDir, bytes_read, stop, wait_until};
-use ipc_faults::{MECHANISMS, Mechanism, bin};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use ipc_faults::{MECHANISMS, Mechanism, bin, cpu_ticks, exited_within, pidfd};
 
 /// The `--timeout` given to the side that is not frozen.
 const TIMEOUT: &str = "2";
@@ -62,37 +59,6 @@ struct Case {
     replay: Option<Outcome>,
     /// What ipc-clean lists afterwards (before it removes it).
     left: Vec<String>,
-}
-
-fn pidfd(pid: i32) -> OwnedFd {
-    // SAFETY: pidfd_open takes a pid and flags and returns a descriptor or -1;
-    // the process is our child and still running.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    assert!(raw >= 0, "pidfd_open {pid}: {}", std::io::Error::last_os_error());
-    // SAFETY: a fresh descriptor from the kernel, owned by nothing else.
-    unsafe { OwnedFd::from_raw_fd(i32::try_from(raw).expect("fd")) }
-}
-
-fn exited_within(fd: &OwnedFd, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(n) if n > 0 => return true,
-            Ok(_) if left.is_zero() => return false,
-            _ => {}
-        }
-    }
-}
-
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(") ") else { return 0 };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    num(11) + num(12)
 }
 
 fn run_case(m: &'static Mechanism, frozen: Frozen) -> Case {

@@ -20,7 +20,7 @@
 //! Every row of [`ipc_faults::MECHANISMS`] is run (a row added later is covered);
 //! the test prints one line per mechanism and fails with all failures at once.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -57,12 +57,7 @@ impl Target {
     /// Opens a pidfd right after spawn (the child cannot have been reaped yet:
     /// it has not even installed its handlers).
     fn new(pid: i32) -> Self {
-        // SAFETY: pidfd_open takes a pid and flags, returns a descriptor or -1.
-        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        assert!(raw >= 0, "pidfd_open {pid}: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh descriptor from the kernel, owned by nothing else.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(raw).expect("fd")) };
-        Target { pid, pidfd, armed: false, exited: false, landed: 0 }
+        Target { pid, pidfd: ipc_faults::pidfd(pid), armed: false, exited: false, landed: 0 }
     }
 
     /// A pidfd becomes readable when its process exits.

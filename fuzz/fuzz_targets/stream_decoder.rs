@@ -18,7 +18,8 @@ use ipc_common::stream::StreamSource;
 use libfuzzer_sys::fuzz_target;
 
 mod support;
-use support::{Counting, crc32_ref, max_frame, ref_header, tracked};
+use ipc_faults::oracle::{Counting, crc32_ref, ref_header, tracked};
+use support::max_frame;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
