@@ -434,15 +434,17 @@ struct RawTally {
 fn pump(input: BorrowedFd<'_>, output: BorrowedFd<'_>, what: &str) -> Result<RawTally> {
     let mut buf = vec![0u8; STREAM_BUFFER];
     let mut t = RawTally { bytes: 0, lines: 0, digest: Digest::new(), ends_with_newline: true };
-    // fcntl(F_GETFL): only a blocking input needs the poll before each read.
+    // fcntl(F_GETFL): a blocking input is polled before every read; a
+    // non-blocking one only after a read found nothing (EAGAIN).
     let flags =
         OFlag::from_bits_retain(fcntl(input, FcntlArg::F_GETFL).context(|| "fcntl F_GETFL")?);
-    let mut ready = flags.contains(OFlag::O_NONBLOCK);
+    let blocking = !flags.contains(OFlag::O_NONBLOCK);
+    let mut poll_first = blocking;
     loop {
-        if !ready {
+        if poll_first {
             wait_fd(input, PollFlags::POLLIN, &Deadline::never(), || Ok(()))?;
         }
-        ready = flags.contains(OFlag::O_NONBLOCK);
+        poll_first = blocking;
         match read(input, &mut buf) {
             Ok(0) => {
                 t.lines += u64::from(!t.ends_with_newline);
@@ -465,7 +467,7 @@ fn pump(input: BorrowedFd<'_>, output: BorrowedFd<'_>, what: &str) -> Result<Raw
             }
             Err(Errno::EAGAIN | Errno::EINTR) => {
                 signals::check()?;
-                ready = false;
+                poll_first = true;
             }
             Err(e) => return Err(Error::errno(format!("read {what}"), e)),
         }
