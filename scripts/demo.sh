@@ -25,6 +25,18 @@ report() {
     fi
 }
 
+# pair NAME "READER ARGS" "WRITER ARGS": the reader in the background, then the
+# writer (whichever makes the object, the other waits for it); then one line.
+pair() {
+    # The two argument strings are split into words on purpose.
+    "$B/"$2 --timeout 10 2>"$tmp/r" &
+    reader=$!
+    "$B/"$3 2>"$tmp/w"
+    st=$?
+    wait $reader || st=1
+    report "$1" $st "$2   and   $3"
+}
+
 # pipe: the shell makes the pipe.
 "$B/pipe-writer" --count 1000 --size 0..4K 2>"$tmp/w" | "$B/pipe-reader" --count 1000 2>"$tmp/r"
 report pipe $? "pipe-writer --count 1000 --size 0..4K | pipe-reader --count 1000"
@@ -42,69 +54,34 @@ grep '^pipe-duplex: sent' "$tmp/both" >"$tmp/w"; grep '^pipe-duplex child' "$tmp
 report duplex $st "pipe-duplex --count 2000   ($(sed -n 's/.*round trips of [0-9]* bytes: \(p50 [^,]*\).*/\1/p' "$tmp/both") a round trip)"
 
 # fifo: the reader makes the FIFO; the writer waits for it (no sleep needed).
-"$B/fifo-reader" --count 1000 --timeout 10 2>"$tmp/r" &
-reader=$!
-"$B/fifo-writer" --count 1000 --size 0..4K 2>"$tmp/w"
-st=$?
-wait $reader || st=1
-report fifo $st "fifo-reader --count 1000   and   fifo-writer --count 1000 --size 0..4K"
+pair fifo "fifo-reader --count 1000" "fifo-writer --count 1000 --size 0..4K"
 
 # mq: the reader makes the queue; the writer waits for it. Both standards.
 for api in posix sysv; do
-    "$B/mq-reader" --api $api --count 1000 --timeout 10 2>"$tmp/r" &
-    reader=$!
-    "$B/mq-writer" --api $api --count 1000 --size 0..4K 2>"$tmp/w"
-    st=$?
-    wait $reader || st=1
-    report "mq-$api" $st "mq-reader --api $api --count 1000   and   mq-writer --api $api --count 1000 --size 0..4K"
+    pair "mq-$api" "mq-reader --api $api --count 1000" "mq-writer --api $api --count 1000 --size 0..4K"
 done
 
 # sem: the bounded buffer (8 slots in POSIX shm; empty/full named semaphores, a robust mutex as the lock); the writer waits for the reader.
-"$B/sem-reader" --count 1000 --timeout 10 2>"$tmp/r" &
-reader=$!
-"$B/sem-writer" --count 1000 --size 0..4K 2>"$tmp/w"
-st=$?
-wait $reader || st=1
-report sem $st "sem-reader --count 1000   and   sem-writer --count 1000 --size 0..4K"
+pair sem "sem-reader --count 1000" "sem-writer --count 1000 --size 0..4K"
 
 # sem, System V: the same buffer guarded by one System V set of three semaphores.
-"$B/sem-reader" --lock sysv --count 1000 --timeout 10 2>"$tmp/r" &
-reader=$!
-"$B/sem-writer" --count 1000 --size 0..4K 2>"$tmp/w"
-st=$?
-wait $reader || st=1
-report sem-v $st "sem-reader --lock sysv --count 1000   and   sem-writer --count 1000 --size 0..4K"
+pair sem-v "sem-reader --lock sysv --count 1000" "sem-writer --count 1000 --size 0..4K"
 
 # shm: the reader makes the segment and its ring; the writer attaches and
 # removes the name (crash-safe). Both standards.
 for api in posix sysv; do
-    "$B/shm-reader" --api $api --count 1000 --timeout 10 2>"$tmp/r" &
-    reader=$!
-    "$B/shm-writer" --api $api --count 1000 --size 0..64K 2>"$tmp/w"
-    st=$?
-    wait $reader || st=1
-    report "shm-$api" $st "shm-reader --api $api --count 1000   and   shm-writer --api $api --count 1000 --size 0..64K"
+    pair "shm-$api" "shm-reader --api $api --count 1000" "shm-writer --api $api --count 1000 --size 0..64K"
 done
 
 # mmap: the writer makes the file and the reader waits for it (roles swapped);
 # the reader follows the log live. Then, both gone, a replay reads the file
 # again — same digest — and removes it.
-"$B/mmap-reader" --count 1000 --timeout 10 2>"$tmp/r" &
-reader=$!
-"$B/mmap-writer" --count 1000 --size 0..4K 2>"$tmp/w"
-st=$?
-wait $reader || st=1
-report mmap $st "mmap-reader --count 1000   and   mmap-writer --count 1000 --size 0..4K"
+pair mmap "mmap-reader --count 1000" "mmap-writer --count 1000 --size 0..4K"
 "$B/mmap-reader" --replay --count 1000 --remove 2>"$tmp/r"
 report replay $? "mmap-reader --replay --count 1000 --remove   (after both exited: the file stayed)"
 
 # mmap --ring: the same ring as shm-demo, in a small file; the stream is ten times its size.
-"$B/mmap-reader" --count 1000 --timeout 10 --remove 2>"$tmp/r" &
-reader=$!
-"$B/mmap-writer" --ring 256K --count 1000 --size 0..4K 2>"$tmp/w"
-st=$?
-wait $reader || st=1
-report mmap-ring $st "mmap-reader --count 1000 --remove   and   mmap-writer --ring 256K --count 1000 --size 0..4K"
+pair mmap-ring "mmap-reader --count 1000 --remove" "mmap-writer --ring 256K --count 1000 --size 0..4K"
 
 # mmap-anon: MAP_SHARED|MAP_ANONYMOUS, parent and forked child, no file at all.
 "$B/mmap-anon" --count 1000 --size 0..4K 2>"$tmp/both"
@@ -113,12 +90,7 @@ grep '^mmap-anon child' "$tmp/both" >"$tmp/w"; grep '^mmap-anon: received' "$tmp
 report mmap-anon $st "mmap-anon --count 1000 --size 0..4K"
 
 # socket: the reader binds and listens; the writer retries connect until it does.
-"$B/socket-reader" --count 1000 --timeout 10 2>"$tmp/r" &
-reader=$!
-"$B/socket-writer" --count 1000 --size 0..4K 2>"$tmp/w"
-st=$?
-wait $reader || st=1
-report socket $st "socket-reader --count 1000   and   socket-writer --count 1000 --size 0..4K"
+pair socket "socket-reader --count 1000" "socket-writer --count 1000 --size 0..4K"
 
 # tcp: the kernel picks the port (127.0.0.1:0); the ready line says which.
 "$B/socket-reader" --transport tcp --count 1000 --timeout 10 2>"$tmp/r" &
@@ -133,11 +105,6 @@ wait $reader || st=1
 report tcp $st "socket-reader --transport tcp   and   socket-writer --transport tcp --addr ${addr:-?} --count 1000 --size 0..4K"
 
 # unix-dgram (SOCK_SEQPACKET): one frame per message.
-"$B/socket-reader" --transport unix-dgram --count 1000 --timeout 10 2>"$tmp/r" &
-reader=$!
-"$B/socket-writer" --transport unix-dgram --count 1000 --size 0..4K 2>"$tmp/w"
-st=$?
-wait $reader || st=1
-report dgram $st "socket-reader --transport unix-dgram --count 1000   and   socket-writer --transport unix-dgram --count 1000 --size 0..4K"
+pair dgram "socket-reader --transport unix-dgram --count 1000" "socket-writer --transport unix-dgram --count 1000 --size 0..4K"
 
 exit $failed
