@@ -32,6 +32,10 @@
 //!    alive ([`Peer`]): a dead writer ends the stream once the ring is drained;
 //!    a dead reader is "reader went away".
 //!
+//! Steps 1–4 are model checked, every interleaving and store order, with each
+//! fence and ordering above removed in turn to show what it prevents:
+//! `faults/tests/ring_model.rs`.
+//!
 //! # Pitfalls
 //! - The region is shared with another process that may be buggy or hostile:
 //!   every header is checked like bytes from a socket (magic, length within the

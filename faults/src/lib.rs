@@ -4,6 +4,10 @@
 //! the catalogue they share: which binaries make up each pair, with which
 //! arguments, and how a pair is started.
 //!
+//! [`model`] is the exception: an exhaustive model checker for the shared-memory
+//! ring's wake-up protocol (`tests/ring_model.rs`), which no pair of processes
+//! can prove by running.
+//!
 //! Each mechanism crate tests its own faults; here the same faults are run over
 //! the whole catalogue, so a mechanism added later is covered by adding a row.
 
@@ -19,6 +23,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use ipc_common::testkit::{Running, TestDir};
 
+pub mod model;
 pub mod oracle;
 pub mod soak;
 
