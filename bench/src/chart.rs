@@ -166,15 +166,18 @@ fn latency_panel<DB: DrawingBackend>(
         .collect();
     subjects.sort_by(|a, b| a.1.total_cmp(&b.1));
     let names: Vec<String> = subjects.iter().map(|(s, _)| report.label(*s)).collect();
-    let floors: Vec<(&str, f64)> =
-        [(Subject::CacheLine, "cache-line floor"), (Subject::Futex, "futex floor")]
-            .into_iter()
-            .filter_map(|(s, name)| {
-                report
-                    .median(s, Workload::Latency, 0, Variant::Verified, Figure::P50)
-                    .map(|ns| (name, ns / 1e3))
-            })
-            .collect();
+    let floors: Vec<(&str, f64)> = [
+        (Subject::CacheLine, "cache-line floor"),
+        (Subject::FrameLines, "frame-lines floor"),
+        (Subject::Futex, "futex floor"),
+    ]
+    .into_iter()
+    .filter_map(|(s, name)| {
+        report
+            .median(s, Workload::Latency, 0, Variant::Verified, Figure::P50)
+            .map(|ns| (name, ns / 1e3))
+    })
+    .collect();
     let values = subjects
         .iter()
         .flat_map(|(s, _)| figures.map(|(f, _)| us(*s, f)))

@@ -13,6 +13,12 @@
 //!   `AtomicU64` in a `MAP_SHARED` page, each spinning until it sees the
 //!   other's store: one round trip is the line crossing over and back, the
 //!   least any spinning mechanism can cost.
+//! - **frame lines**: the same turns, each carrying the 88 bytes of a frame
+//!   with a 64-byte payload (its 24-byte header included): the sender copies
+//!   them in after its turn word, then stores the turn (`Release`); the other
+//!   side spins on the turn and copies them out. Two cache lines cross each
+//!   way: the least a 64 B frame can cost through shared memory, whatever the
+//!   ring around it does.
 //! - **futex**: the same turns, but each side sleeps in `FUTEX_WAIT` and is
 //!   woken by the other's `FUTEX_WAKE` ([`FutexBell`], the doorbell of the
 //!   mapped-file ring): two wake-ups per round trip, the least any blocking
@@ -35,6 +41,11 @@ use crate::pair::{Fork, Pin, SharedPage, child_side, fork, me, reap};
 const LINE: usize = 1;
 const REQ: usize = 2;
 const REP: usize = 3;
+/// The frame-lines floor's two channels: a turn word and 88 bytes, two lines each.
+const TO_CHILD: usize = 4;
+const TO_PARENT: usize = 6;
+/// A frame with a 64-byte payload, header included.
+const FRAME_BYTES: usize = 64 + ipc_common::frame::HEADER_LEN;
 /// "No more round trips".
 const END: u64 = u64::MAX;
 
@@ -177,6 +188,77 @@ pub fn cache_line(page: &SharedPage, pin: Option<Pin>, rounds: Rounds) -> Result
             })();
             if ours.is_err() {
                 word.store(END, Ordering::Release);
+            }
+            reap(child, ours)
+        }
+    }
+}
+
+/// One direction of the frame-lines floor: a turn word at the start of two
+/// cache lines, the frame's bytes after it.
+struct Channel<'p> {
+    turn: &'p AtomicU64,
+    bytes: *mut u8,
+}
+
+impl<'p> Channel<'p> {
+    fn new(page: &'p SharedPage, line: usize) -> Self {
+        Channel { turn: page.word(line), bytes: page.bytes(line, 8, FRAME_BYTES) }
+    }
+
+    /// Copies `frame` in, then publishes `turn`.
+    fn send(&self, frame: &[u8; FRAME_BYTES], turn: u64) {
+        // SAFETY: `bytes` is FRAME_BYTES inside the shared page; the other side
+        // reads them only after it sees `turn`, and does not touch them after
+        // answering, which we waited for before this turn.
+        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), self.bytes, FRAME_BYTES) };
+        self.turn.store(turn, Ordering::Release);
+    }
+
+    /// Spins until `turn` (or END), then copies the frame out.
+    fn recv(&self, frame: &mut [u8; FRAME_BYTES], turn: u64) -> Result<u64> {
+        let got = spin_until(self.turn, turn)?;
+        // SAFETY: as in `send`: published before `turn`, which we loaded with Acquire.
+        unsafe { std::ptr::copy_nonoverlapping(self.bytes, frame.as_mut_ptr(), FRAME_BYTES) };
+        black_box(&frame);
+        Ok(got)
+    }
+}
+
+/// Round trips of two processes passing a 64 B frame's 88 bytes by spinning.
+pub fn frame_lines(page: &SharedPage, pin: Option<Pin>, rounds: Rounds) -> Result<Histogram> {
+    let (to_child, to_parent) = (Channel::new(page, TO_CHILD), Channel::new(page, TO_PARENT));
+    to_child.turn.store(0, Ordering::Release);
+    to_parent.turn.store(0, Ordering::Release);
+    let parent = me();
+    match fork()? {
+        Fork::Child => child_side(pin, parent, || {
+            let mut frame = [0u8; FRAME_BYTES];
+            let mut turn = 1;
+            while to_child.recv(&mut frame, turn)? != END {
+                to_parent.send(&frame, turn);
+                turn += 1;
+            }
+            Ok(())
+        }),
+        Fork::Parent(child) => {
+            let ours = (|| {
+                let mut times = Histogram::new();
+                let mut frame = [7u8; FRAME_BYTES];
+                for turn in 1..=rounds.warmup + rounds.timed {
+                    let start = Instant::now();
+                    to_child.send(&frame, turn);
+                    to_parent.recv(&mut frame, turn)?;
+                    let elapsed = start.elapsed();
+                    if turn > rounds.warmup {
+                        times.record(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+                    }
+                }
+                to_child.turn.store(END, Ordering::Release);
+                Ok(times)
+            })();
+            if ours.is_err() {
+                to_child.turn.store(END, Ordering::Release);
             }
             reap(child, ours)
         }

@@ -11,7 +11,8 @@
 //! - **latency**, ping-pong round trips of 64 B and 4 KiB frames: p50, p99
 //!   and p99.9 of at least 10,000 round trips after a warm-up;
 //! - **floors**, measured in the same run: memcpy on one core, a cache line
-//!   bounced between two spinning processes, a futex wait/wake round trip.
+//!   bounced between two spinning processes, the two lines of a 64 B frame
+//!   bounced the same way, a futex wait/wake round trip.
 //!
 //! ```text
 //! $ ipc-bench                       # 3 to 7 minutes on 2 CPUs; make bench
@@ -123,6 +124,7 @@ fn parse_workload(s: &str) -> std::result::Result<Workload, String> {
 enum Task {
     Memcpy(usize, bool),
     CacheLine,
+    FrameLines,
     Futex,
     Throughput(usize, usize, Variant),
     Latency(usize, usize, Variant),
@@ -136,6 +138,7 @@ impl Task {
                 (subject, Workload::Throughput, size, Variant::Verified)
             }
             Task::CacheLine => (Subject::CacheLine, Workload::Latency, 0, Variant::Verified),
+            Task::FrameLines => (Subject::FrameLines, Workload::Latency, 0, Variant::Verified),
             Task::Futex => (Subject::Futex, Workload::Latency, 0, Variant::Verified),
             Task::Throughput(m, size, v) => (Subject::Mech(m), Workload::Throughput, size, v),
             Task::Latency(m, size, v) => (Subject::Mech(m), Workload::Latency, size, v),
@@ -149,7 +152,7 @@ fn plan(mechs: &[Mech]) -> (Vec<Task>, Vec<(usize, usize, String)>) {
     tasks.extend(
         THROUGHPUT_SIZES.iter().filter(|&&s| s >= COLD_FROM).map(|&s| Task::Memcpy(s, true)),
     );
-    tasks.extend([Task::CacheLine, Task::Futex]);
+    tasks.extend([Task::CacheLine, Task::FrameLines, Task::Futex]);
     let mut refused = Vec::new();
     for (i, m) in mechs.iter().enumerate() {
         let variants: &[Variant] = if m.copying() {
@@ -227,7 +230,8 @@ fn run(args: &Args) -> Result<()> {
     let (mut tasks, refused) = plan(&mechs);
     if let Some(only) = args.workload {
         tasks.retain(|t| {
-            matches!(t, Task::Memcpy(..) | Task::CacheLine | Task::Futex) || t.key().1 == only
+            matches!(t, Task::Memcpy(..) | Task::CacheLine | Task::FrameLines | Task::Futex)
+                || t.key().1 == only
         });
     }
 
@@ -310,6 +314,9 @@ fn measure(
                 Task::CacheLine => {
                     floors::cache_line(ctx.page, ctx.pin, ctx.rounds).map(|h| times(&h))
                 }
+                Task::FrameLines => {
+                    floors::frame_lines(ctx.page, ctx.pin, ctx.rounds).map(|h| times(&h))
+                }
                 Task::Futex => floors::futex(ctx.page, ctx.pin, ctx.rounds).map(|h| times(&h)),
                 Task::Throughput(m, size, v) => {
                     run::throughput(&mechs[*m], ctx, *size, *v).map(rate)
@@ -340,6 +347,7 @@ fn describe(task: &Task, mechs: &[Mech]) -> String {
         Task::Memcpy(s, false) => format!("memcpy floor in cache, {}", size(*s)),
         Task::Memcpy(s, true) => format!("memcpy floor through memory, {}", size(*s)),
         Task::CacheLine => "cache-line floor".into(),
+        Task::FrameLines => "frame-lines floor".into(),
         Task::Futex => "futex floor".into(),
         Task::Throughput(m, s, v) => {
             format!("{} throughput, {}, {}", mechs[*m].name(), size(*s), v.label())

@@ -180,6 +180,18 @@ impl SharedPage {
         unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(line * 8)) }
     }
 
+    /// `len` bytes from `offset` into cache line `line`, for plain copies
+    /// ordered by an atomic word (the frame-lines floor).
+    ///
+    /// # Panics
+    /// If they do not fit in the page.
+    #[must_use]
+    pub fn bytes(&self, line: usize, offset: usize, len: usize) -> *mut u8 {
+        assert!(line * 64 + offset + len <= PAGE, "bytes outside the shared page");
+        // SAFETY: inside the page (checked just above).
+        unsafe { self.base.as_ptr().cast::<u8>().add(line * 64 + offset) }
+    }
+
     /// The 32-bit word at the start of cache line `line` (a futex word).
     ///
     /// # Panics

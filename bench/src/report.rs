@@ -99,6 +99,8 @@ pub enum Subject {
     MemcpyCold,
     /// The spinning floor.
     CacheLine,
+    /// A 64 B frame's two cache lines, spinning.
+    FrameLines,
     /// The blocking floor.
     Futex,
     /// A mechanism, by its index in [`Report::mechs`].
@@ -308,6 +310,7 @@ impl Report {
             Subject::Memcpy => "memcpy in cache".into(),
             Subject::MemcpyCold => "memcpy through memory".into(),
             Subject::CacheLine => "cache line".into(),
+            Subject::FrameLines => "frame lines".into(),
             Subject::Futex => "futex".into(),
             Subject::Mech(i) => self.mechs.get(i).map_or_else(|| "?".into(), |m| m.name.clone()),
         }
@@ -502,6 +505,10 @@ impl Report {
         let _ = writeln!(out, "|---|---:|---:|---:|---:|");
         for (s, what) in [
             (Subject::CacheLine, "cache line: two processes spinning on one shared AtomicU64"),
+            (
+                Subject::FrameLines,
+                "frame lines: the same, each turn carrying a 64 B frame's 88 bytes (two lines)",
+            ),
             (Subject::Futex, "futex: two processes sleeping in FUTEX_WAIT, woken by FUTEX_WAKE"),
         ] {
             let e = self.find(s, Workload::Latency, 0, Variant::Verified);
@@ -648,6 +655,23 @@ impl Report {
         let _ = writeln!(out, "\nWhole run: {:.0} s.", self.elapsed);
     }
 
+    /// For a spinning round trip `got` (ns): how the frame-lines floor (the
+    /// least a 64 B frame can cost, see `floors::frame_lines`) compares with
+    /// the cache line, and `got` with it; empty if either is missing.
+    fn frame_lines(&self, got: Option<f64>) -> String {
+        let at = |s| self.median(s, Workload::Latency, 0, Variant::Verified, Figure::P50);
+        match (got, at(Subject::FrameLines), at(Subject::CacheLine)) {
+            (Some(got), Some(lines), Some(line)) => format!(
+                "; the frame's two lines alone: {} = {:.2} × {}, and this is {:.2} × them",
+                micros(lines),
+                lines / line,
+                micros(line),
+                got / lines
+            ),
+            _ => String::new(),
+        }
+    }
+
     /// The targets, each checked against this run's figures.
     #[must_use]
     pub fn targets(&self) -> Vec<Target> {
@@ -708,10 +732,18 @@ impl Report {
                 );
                 let got = self.mech(&name).and_then(|s| lat(s, 64, Variant::Verified));
                 let f = self.median(floor, Workload::Latency, 0, Variant::Verified, Figure::P50);
+                let lines =
+                    if floor == Subject::CacheLine { self.frame_lines(got) } else { String::new() };
                 all.push(match (got, f) {
                     (Some(got), Some(f)) => Target {
                         what,
-                        figure: format!("{} = {:.2} × {}", micros(got), got / f, micros(f)),
+                        figure: format!(
+                            "{} = {:.2} × {}{}",
+                            micros(got),
+                            got / f,
+                            micros(f),
+                            lines
+                        ),
                         met: Some(got <= bound * f),
                     },
                     _ => missing(what),

@@ -51,6 +51,11 @@ fn quick_run_measures_every_mechanism_writes_its_files_and_leaves_nothing() {
         assert!(text.matches(row).count() >= 2, "{row} is not in both workloads:\n{text}");
     }
     assert!(text.contains("| shm posix --spin |"), "no spinning row:\n{text}");
+    // The three round-trip floors, each measured (a failed floor has no figures).
+    for floor in ["| cache line: ", "| frame lines: ", "| futex: "] {
+        let row = text.lines().find(|l| l.starts_with(floor)).unwrap_or_default();
+        assert!(row.contains(" µs |") && !row.contains("| — |"), "floor {floor:?}: {row:?}");
+    }
     // Limits are said, not hidden: 64 KiB frames do not fit a queue's message.
     assert!(text.contains("| mq posix | not possible: a message holds at most"), "{text}");
     // Nothing failed: every frame passed the reader's checks, every echo
