@@ -124,6 +124,7 @@ impl std::error::Error for FrameError {}
 
 /// CRC-32 (IEEE, as zlib.crc32) of `bytes`.
 #[must_use]
+#[inline]
 pub fn crc32(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
@@ -134,6 +135,7 @@ impl Header {
     /// # Panics
     /// If `payload` is 4 GiB or more, which no size option allows.
     #[must_use]
+    #[inline]
     pub fn data(writer: u16, seq: u64, payload: &[u8]) -> Header {
         let len = u32::try_from(payload.len()).expect("payload length fits the 32-bit len field");
         Header { kind: Kind::Data, writer, seq, len, crc: crc32(payload) }
@@ -147,19 +149,26 @@ impl Header {
     }
 
     /// The 24 header bytes, little-endian.
+    ///
+    /// Built as three 64-bit words (magic, kind, flags and writer; seq; len
+    /// and crc), so that the compiler stores three words where the bytes go
+    /// rather than eight narrow pieces that a 16-byte copy then reads back
+    /// (a failed store-to-load forward: ~15 cycles a frame).
     #[must_use]
+    #[inline]
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
-        let mut b = [0u8; HEADER_LEN];
-        b[0..4].copy_from_slice(&MAGIC);
-        b[4] = match self.kind {
+        let kind: u64 = match self.kind {
             Kind::Data => 0,
             Kind::End => 1,
         };
-        b[5] = 0;
-        b[6..8].copy_from_slice(&self.writer.to_le_bytes());
+        // Byte 5, the flags, stays 0.
+        let first =
+            u64::from(u32::from_le_bytes(MAGIC)) | kind << 32 | u64::from(self.writer) << 48;
+        let last = u64::from(self.len) | u64::from(self.crc) << 32;
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&first.to_le_bytes());
         b[8..16].copy_from_slice(&self.seq.to_le_bytes());
-        b[16..20].copy_from_slice(&self.len.to_le_bytes());
-        b[20..24].copy_from_slice(&self.crc.to_le_bytes());
+        b[16..24].copy_from_slice(&last.to_le_bytes());
         b
     }
 
@@ -167,6 +176,7 @@ impl Header {
     ///
     /// Nothing else in the header is trusted until this returns `Ok`; the caller
     /// grows no buffer for the payload before it.
+    #[inline]
     pub fn parse(b: &[u8; HEADER_LEN], max_frame: u32) -> Result<Header, FrameError> {
         let magic = [b[0], b[1], b[2], b[3]];
         if magic != MAGIC {
@@ -201,6 +211,7 @@ impl Header {
 
     /// Bytes on the wire: header plus payload.
     #[must_use]
+    #[inline]
     pub fn frame_len(&self) -> usize {
         HEADER_LEN + self.len as usize
     }
@@ -208,6 +219,7 @@ impl Header {
 
 impl Frame<'_> {
     /// Checks the payload against the header's CRC.
+    #[inline]
     pub fn check_crc(&self) -> Result<(), FrameError> {
         let computed = crc32(self.payload);
         if computed == self.header.crc {

@@ -110,6 +110,36 @@ pub struct Generator {
     pool: Vec<u8>,
     seed: u64,
     size: SizeSpec,
+    /// For a fixed size, the number of offsets and its reciprocal (see
+    /// [`FastMod`]): the two divisions a payload costs otherwise are ~10 ns,
+    /// as much as the CRC of a 64-byte payload.
+    fixed: Option<FastMod>,
+}
+
+/// `x % d` for one divisor `d`, by multiplications (Lemire, Kaser and Kurz,
+/// "Faster remainder by direct computation", 2019): exact for every 64-bit
+/// `x` and `d` with a 128-bit reciprocal `m` = ⌈2^128 / d⌉.
+#[derive(Debug, Clone, Copy)]
+struct FastMod {
+    d: u64,
+    m: u128,
+}
+
+impl FastMod {
+    fn new(d: u64) -> Self {
+        // d = 1 wraps m to 0, and every remainder by 1 is 0.
+        FastMod { d, m: (u128::MAX / u128::from(d)).wrapping_add(1) }
+    }
+
+    #[inline]
+    fn rem(self, x: u64) -> u64 {
+        // The fraction x/d in 128 fixed-point bits, times d: the remainder
+        // is its integer part (the top 64 bits of a 192-bit product).
+        let frac = self.m.wrapping_mul(u128::from(x));
+        let d = u128::from(self.d);
+        let low = ((frac & u128::from(u64::MAX)) * d) >> 64;
+        (((frac >> 64) * d + low) >> 64) as u64
+    }
 }
 
 impl Generator {
@@ -124,13 +154,20 @@ impl Generator {
             pool.extend_from_slice(&state.to_le_bytes());
         }
         pool.truncate(len);
-        Generator { pool, seed, size }
+        let fixed = (size.min == size.max).then(|| FastMod::new((len - size.min) as u64 + 1));
+        Generator { pool, seed, size, fixed }
     }
 
     /// Payload number `seq`: a slice of the pool, no copy.
     #[must_use]
+    #[inline]
     pub fn payload(&self, seq: u64) -> &[u8] {
         let h = splitmix64(self.seed ^ splitmix64(seq));
+        if let Some(offsets) = self.fixed {
+            // The same slice as below, where the length is `min + h % 1`.
+            let at = offsets.rem(splitmix64(h)) as usize;
+            return &self.pool[at..at + self.size.min];
+        }
         let span = (self.size.max - self.size.min) as u64 + 1;
         let len = self.size.min + (h % span) as usize;
         let offsets = (self.pool.len() - len) as u64 + 1;
@@ -159,6 +196,8 @@ pub struct Digest {
 
 /// Multiplication by one x^(8·len) modulo the CRC-32 polynomial (reflected,
 /// as CRCs are stored): `row[k][n]` is the product of nibble `n` at bit `4k`.
+/// (Nibbles, not bytes: 512 bytes of table, within what a reader may allocate
+/// while decoding; bytes would take 4 KiB for half the lookups.)
 #[derive(Debug, Clone)]
 struct Shift([[u32; 16]; 8]);
 
@@ -186,6 +225,7 @@ impl Shift {
         Shift(rows)
     }
 
+    #[inline]
     fn apply(&self, crc: u32) -> u32 {
         let nibble = |k: usize| ((crc >> (4 * k)) & 0xf) as usize;
         self.0.iter().enumerate().fold(0, |p, (k, row)| p ^ row[nibble(k)])
@@ -200,12 +240,24 @@ impl Digest {
     }
 
     /// Appends a payload whose own CRC-32 is already known (no re-read).
+    #[inline]
     pub fn add_crc(&mut self, crc: u32, len: u64) {
         if len == self.len {
-            let shift = self.shift.get_or_insert_with(|| Box::new(Shift::new(len)));
+            if let Some(shift) = &self.shift {
+                self.crc = shift.apply(self.crc) ^ crc;
+                return;
+            }
+            let shift = self.shift.insert(Box::new(Shift::new(len)));
             self.crc = shift.apply(self.crc) ^ crc;
             return;
         }
+        self.add_crc_new_len(crc, len);
+    }
+
+    /// [`Digest::add_crc`] for a length other than the last one: out of line,
+    /// so the repeated-length path above stays a few instructions.
+    #[inline(never)]
+    fn add_crc_new_len(&mut self, crc: u32, len: u64) {
         // A new length: zlib's combine from scratch (O(log len)).
         let mut digest = crc32fast::Hasher::new_with_initial_len(self.crc, 0);
         digest.combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
@@ -262,6 +314,34 @@ mod tests {
         }
         assert!(differs, "another seed gives other payloads");
         assert_ne!(a.payload(1), a.payload(2));
+    }
+
+    #[test]
+    fn fast_remainder_equals_the_division() {
+        let mut x = 1u64;
+        for d in [1, 2, 3, 7, 64, 65_537, 131_137, 1 << 32, (1 << 32) + 1, u64::MAX - 1, u64::MAX] {
+            let fast = FastMod::new(d);
+            for _ in 0..10_000 {
+                x = splitmix64(x);
+                for v in [x, x >> 17, x >> 40, d.wrapping_sub(1), d, u64::MAX] {
+                    assert_eq!(fast.rem(v), v % d, "{v} % {d}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fixed_size_payloads_are_the_slices_the_general_rule_picks() {
+        for size in [0, 64, 4096, 65_536] {
+            let g = Generator::new(5, SizeSpec::fixed(size));
+            for seq in 0..2000 {
+                // The general rule, written out: length min + h % 1, then an offset.
+                let h = splitmix64(5 ^ splitmix64(seq));
+                let offsets = (g.pool.len() - size) as u64 + 1;
+                let at = (splitmix64(h) % offsets) as usize;
+                assert_eq!(g.payload(seq), &g.pool[at..at + size]);
+            }
+        }
     }
 
     #[test]

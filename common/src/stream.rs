@@ -158,15 +158,17 @@ impl<F: AsFd> StreamSink<F> {
 }
 
 impl<F: AsFd> FrameSink for StreamSink<F> {
+    #[inline]
     fn send(&mut self, header: &Header, payload: &[u8]) -> Result<()> {
-        let head = header.to_bytes();
         let len = HEADER_LEN + payload.len();
         match self.policy {
             WritePolicy::Buffered(cap) | WritePolicy::Atomic(cap)
                 if self.buf.len() + len <= cap =>
             {
                 // Small frame: gather it; the copy is cheaper than a system call.
-                self.buf.extend_from_slice(&head);
+                // (The header is encoded straight into the buffer: no copy
+                // of it on the stack that the writev below would need.)
+                self.buf.extend_from_slice(&header.to_bytes());
                 self.buf.extend_from_slice(payload);
                 return Ok(());
             }
@@ -181,6 +183,7 @@ impl<F: AsFd> FrameSink for StreamSink<F> {
             WritePolicy::Buffered(_) | WritePolicy::FramePerWrite => {}
         }
         // Whatever was gathered, then this frame, in one writev: no copy of the payload.
+        let head = header.to_bytes();
         let mut slices = [IoSlice::new(&self.buf), IoSlice::new(&head), IoSlice::new(payload)];
         write_all_within(self.fd.as_fd(), &mut slices, &self.what, self.stall)?;
         self.buf.clear();
@@ -350,6 +353,7 @@ impl<F: AsFd> StreamSource<F> {
 }
 
 impl<F: AsFd> FrameSource for StreamSource<F> {
+    #[inline]
     fn recv(&mut self) -> Result<Option<Frame<'_>>> {
         if !self.fill(HEADER_LEN)? {
             if self.buffered() == 0 {
