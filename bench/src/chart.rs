@@ -166,23 +166,25 @@ fn latency_panel<DB: DrawingBackend>(
         .collect();
     subjects.sort_by(|a, b| a.1.total_cmp(&b.1));
     let names: Vec<String> = subjects.iter().map(|(s, _)| report.label(*s)).collect();
-    let floors: Vec<(&str, f64)> = [
-        (Subject::CacheLine, "cache-line floor"),
-        (Subject::FrameLines, "frame-lines floor"),
-        (Subject::Futex, "futex floor"),
+    // The frame-lines floor is a 64 B frame's: drawn on that panel only.
+    let floors: Vec<(&str, RGBColor, f64)> = [
+        (Subject::CacheLine, "cache-line floor", BLACK),
+        (Subject::FrameLines, "frame-lines floor", RGBColor(127, 127, 127)),
+        (Subject::Futex, "futex floor", RGBColor(148, 103, 189)),
     ]
     .into_iter()
-    .filter_map(|(s, name)| {
+    .filter(|(s, ..)| *s != Subject::FrameLines || size == 64)
+    .filter_map(|(s, name, colour)| {
         report
             .median(s, Workload::Latency, 0, Variant::Verified, Figure::P50)
-            .map(|ns| (name, ns / 1e3))
+            .map(|ns| (name, colour, ns / 1e3))
     })
     .collect();
     let values = subjects
         .iter()
         .flat_map(|(s, _)| figures.map(|(f, _)| us(*s, f)))
         .flatten()
-        .chain(floors.iter().map(|(_, v)| *v));
+        .chain(floors.iter().map(|(.., v)| *v));
     let (lo, hi) = log_range(values);
     #[allow(clippy::cast_precision_loss)]
     let n = names.len().max(1) as f64;
@@ -220,9 +222,8 @@ fn latency_panel<DB: DrawingBackend>(
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
     }
-    for (k, (name, v)) in floors.iter().enumerate() {
-        let colour = if k == 0 { BLACK } else { RGBColor(148, 103, 189) };
-        let line = PathElement::new(vec![(-0.5, *v), (n - 0.5, *v)], colour.stroke_width(2));
+    for &(name, colour, v) in &floors {
+        let line = PathElement::new(vec![(-0.5, v), (n - 0.5, v)], colour.stroke_width(2));
         chart
             .draw_series(std::iter::once(line))
             .map_err(|e| err(e.to_string()))?
