@@ -25,6 +25,7 @@ use ipc_common::testkit::{Running, TestDir};
 
 pub mod model;
 pub mod oracle;
+pub mod rng;
 pub mod soak;
 
 /// How the two sides of a pair find each other.

@@ -33,27 +33,8 @@ use ipc_common::frame::{HEADER_LEN, crc32};
 use ipc_common::payload::{Digest, Generator, SizeSpec};
 use ipc_common::testkit::{Outcome, Running, TestDir, end_bytes, frame_bytes, proc_state};
 
+use crate::rng::Rng;
 use crate::{Mechanism, bin};
-
-/// The splitmix64 generator: a seed gives the same plans on every machine.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (0 if `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
 
 /// A hand-made stream fed to a reader in place of its writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

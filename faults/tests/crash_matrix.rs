@@ -44,6 +44,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipc_common::testkit::{TestDir, bytes_read, wait_until};
+use ipc_faults::rng::Rng;
 use ipc_faults::{MECHANISMS, Mechanism, bin, cpu_ticks, exited_within, pidfd};
 
 /// How long a survivor may take to notice before the cell records a hang.
@@ -127,14 +128,9 @@ struct Cell {
 }
 
 // ---------------------------------------------------------------------------
-// Randomness: splitmix64, seeded from CRASH_SEED or the clock (printed).
-
-fn splitmix(state: u64) -> u64 {
-    let mut z = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+// Randomness: splitmix64 ([`Rng`]), seeded from CRASH_SEED or the clock
+// (printed). Each value is the first draw of a fresh `Rng`, i.e. the
+// splitmix64 mix of its input, so CRASH_SEED replays the same kill points.
 
 fn seed() -> u64 {
     std::env::var("CRASH_SEED").ok().and_then(|s| s.trim().parse().ok()).unwrap_or_else(|| {
@@ -297,7 +293,7 @@ fn run_cell(
         (cpu_ticks(rpid) >= BUSY_TICKS || bytes_read(rpid) > 1 << 20)
             && cpu_ticks(wpid) >= BUSY_TICKS
     });
-    let delay_ms = splitmix(rng) % MAX_DELAY_MS;
+    let delay_ms = Rng(rng).next_u64() % MAX_DELAY_MS;
     thread::sleep(Duration::from_millis(delay_ms));
 
     // Still mid-stream at the kill: neither side has ended.
@@ -313,6 +309,11 @@ fn run_cell(
             Some((writer, wfd, reader))
         }
         Victim::Both => {
+            // Both frozen first: a side that saw the other die could end on
+            // its own (EPIPE, end of stream) in the microseconds before its
+            // own SIGKILL. A stopped side runs none of its code until then.
+            writer.kill(libc::SIGSTOP);
+            reader.kill(libc::SIGSTOP);
             reader.kill(libc::SIGKILL);
             writer.kill(libc::SIGKILL);
             let r = reader.finish();
@@ -674,7 +675,7 @@ fn crash_matrix() {
                 loop {
                     let next = queue.lock().expect("queue").next();
                     let Some((i, m, v)) = next else { break };
-                    let rng = splitmix(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+                    let rng = Rng(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)).next_u64();
                     let cell = run_cell(m, v, rng, &sysv_before);
                     results.lock().expect("results").push((i, cell));
                 }

@@ -15,6 +15,10 @@
 //!   short (exit 3);
 //! - every frame the reader's checks accept ([`Validator::accept`], CRC on) has
 //!   a CRC that a bitwise CRC-32 written here agrees with;
+//! - every decoded frame whose CRC checks carries a payload a writer sent (a
+//!   mutation never slips past the CRC), an unmutated stream decodes completely
+//!   with every CRC passing, and the mutations do reach payloads (over a full
+//!   run, more than 100 frames fail their CRC);
 //! - no single allocation while decoding is larger than the header plus
 //!   `--max-frame`, nor (for a stream) twice the bytes that actually arrived —
 //!   measured by a counting global allocator — and `parse_message` allocates
@@ -22,6 +26,7 @@
 //!
 //! `IPC_DEMOS_PROP_SEED=N` replays a run; `IPC_DEMOS_PROP_CASES=N` changes its size.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
@@ -31,45 +36,21 @@ use ipc_common::driver::{FrameSource, ReaderOpts, Validator};
 use ipc_common::frame::{self, DEFAULT_MAX_FRAME, HEADER_LEN, Header, Kind};
 use ipc_common::stream::{STREAM_BUFFER, StreamSource};
 use ipc_faults::oracle::{Counting, crc32_ref, ref_header, tracked};
+use ipc_faults::rng::Rng;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
 // ---------------------------------------------------------------------------
-// A seeded PRNG (splitmix64): no dependency, and a failing case replays.
+// A seeded PRNG ([`Rng`], splitmix64): no dependency, and a failing case replays.
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-    /// Payload sizes a reader meets: mostly small, sometimes past the stream buffer.
-    fn size(&mut self) -> usize {
-        match self.below(100) {
-            0..=39 => self.below(64),
-            40..=89 => self.below(4096),
-            90..=97 => self.below(70_000),
-            _ => STREAM_BUFFER - 64 + self.below(STREAM_BUFFER * 2),
-        }
+/// Payload sizes a reader meets: mostly small, sometimes past the stream buffer.
+fn payload_size(rng: &mut Rng) -> usize {
+    match rng.below_usize(100) {
+        0..=39 => rng.below_usize(64),
+        40..=89 => rng.below_usize(4096),
+        90..=97 => rng.below_usize(70_000),
+        _ => STREAM_BUFFER - 64 + rng.below_usize(STREAM_BUFFER * 2),
     }
 }
 
@@ -122,24 +103,27 @@ fn ref_stream(input: &[u8], max_frame: u32) -> (Vec<RefFrame>, End) {
 // Inputs: valid frames, then mutations.
 
 /// A valid stream: `writers` writers taking turns, seq 0.. each, then end frames.
-fn valid_stream(rng: &mut Rng, max_payload: usize) -> Vec<u8> {
-    let writers = 1 + rng.below(3) as u16;
-    let base = rng.below(1000) as u16;
-    let frames = rng.below(24);
+/// Every frame's payload (empty for an end frame) is pushed to `sent`.
+fn valid_stream(rng: &mut Rng, max_payload: usize, sent: &mut Vec<Vec<u8>>) -> Vec<u8> {
+    let writers = 1 + rng.below_usize(3) as u16;
+    let base = rng.below_usize(1000) as u16;
+    let frames = rng.below_usize(24);
     let mut next = vec![0u64; usize::from(writers)];
     let mut out = Vec::new();
     let mut one = Vec::new();
     for _ in 0..frames {
-        let w = rng.below(usize::from(writers));
-        let n = rng.size().min(max_payload);
+        let w = rng.below_usize(usize::from(writers));
+        let n = payload_size(rng).min(max_payload);
         let payload = rng.bytes(n);
         let header = Header::data(base + w as u16, next[w], &payload);
         frame::encode_into(&mut one, &header, &payload);
         out.extend_from_slice(&one);
         next[w] += 1;
+        sent.push(payload);
     }
     for (w, &count) in next.iter().enumerate() {
         out.extend_from_slice(&Header::end(base + w as u16, count).to_bytes());
+        sent.push(Vec::new());
     }
     out
 }
@@ -147,12 +131,12 @@ fn valid_stream(rng: &mut Rng, max_payload: usize) -> Vec<u8> {
 fn valid_message(rng: &mut Rng, max_payload: usize) -> Vec<u8> {
     let mut out = Vec::new();
     if rng.chance(8) {
-        let h = Header::end(rng.next() as u16, rng.next() % 1000);
+        let h = Header::end(rng.next_u64() as u16, rng.next_u64() % 1000);
         frame::encode_into(&mut out, &h, &[]);
     } else {
-        let n = rng.size().min(max_payload);
+        let n = payload_size(rng).min(max_payload);
         let payload = rng.bytes(n);
-        let h = Header::data(rng.next() as u16, rng.next() % 1000, &payload);
+        let h = Header::data(rng.next_u64() as u16, rng.next_u64() % 1000, &payload);
         frame::encode_into(&mut out, &h, &payload);
     }
     out
@@ -179,51 +163,51 @@ const MUTATIONS: [&str; 9] = [
 /// Applies mutation `m` of [`MUTATIONS`] to `valid` (and `other`, for a splice).
 fn mutate(rng: &mut Rng, m: usize, mut v: Vec<u8>, other: &[u8], max_frame: u32) -> Vec<u8> {
     let heads = header_offsets(&v);
-    let aim = |rng: &mut Rng| heads.get(rng.below(heads.len())).copied();
+    let aim = |rng: &mut Rng| heads.get(rng.below_usize(heads.len())).copied();
     match MUTATIONS[m] {
         "bit flips" if !v.is_empty() => {
-            for _ in 0..=rng.below(8) {
+            for _ in 0..=rng.below_usize(8) {
                 // Mostly in a header, where a flip changes what the decoder does.
                 let at = match aim(rng) {
-                    Some(h) if rng.chance(2) => h + rng.below(HEADER_LEN),
-                    _ => rng.below(v.len()),
+                    Some(h) if rng.chance(2) => h + rng.below_usize(HEADER_LEN),
+                    _ => rng.below_usize(v.len()),
                 };
                 let at = at.min(v.len() - 1);
-                v[at] ^= 1 << rng.below(8);
+                v[at] ^= 1 << rng.below_usize(8);
             }
         }
-        "truncated" => v.truncate(rng.below(v.len() + 1)),
+        "truncated" => v.truncate(rng.below_usize(v.len() + 1)),
         "spliced" => {
-            v.truncate(rng.below(v.len() + 1));
-            v.extend_from_slice(&other[rng.below(other.len() + 1)..]);
+            v.truncate(rng.below_usize(v.len() + 1));
+            v.extend_from_slice(&other[rng.below_usize(other.len() + 1)..]);
         }
         "oversized len" | "large len, few bytes" => {
             if let Some(h) = aim(rng) {
                 let len: u32 = if MUTATIONS[m] == "oversized len" {
                     let over = max_frame.saturating_add(1);
-                    match rng.below(3) {
+                    match rng.below_usize(3) {
                         0 => u32::MAX,
                         1 => over,
-                        _ => over.saturating_add(rng.next() as u32 % 1_000_000),
+                        _ => over.saturating_add(rng.next_u64() as u32 % 1_000_000),
                     }
                 } else {
-                    max_frame - (rng.next() as u32 % (max_frame / 4 + 1))
+                    max_frame - (rng.next_u64() as u32 % (max_frame / 4 + 1))
                 };
                 v[h + 16..h + 20].copy_from_slice(&len.to_le_bytes());
             }
         }
         "header byte" => {
             if let Some(h) = aim(rng) {
-                v[h + rng.below(HEADER_LEN)] = rng.next() as u8;
+                v[h + rng.below_usize(HEADER_LEN)] = rng.next_u64() as u8;
             }
         }
         "garbage" => {
-            let n = rng.below(4096);
+            let n = rng.below_usize(4096);
             v = rng.bytes(n);
         }
         "magic then garbage" => {
             v = b"IPC1".to_vec();
-            let n = rng.below(200);
+            let n = rng.below_usize(200);
             v.extend(rng.bytes(n));
         }
         _ => {}
@@ -242,6 +226,18 @@ struct Totals {
     bytes: u64,
     by_end: [u64; 3],
     biggest_growth: usize,
+    crc_failed: u64,
+}
+
+/// What the writers of a stream case sent, to judge the frames that pass their
+/// CRC by: a mutation must never turn into a frame whose CRC checks but whose
+/// payload no writer sent.
+struct Sent<'a> {
+    /// Every payload of both valid streams the case was made from.
+    payloads: HashSet<&'a [u8]>,
+    /// For an unmutated stream: how many frames it holds, every one of which
+    /// must decode and pass its CRC.
+    intact: Option<usize>,
 }
 
 fn pipe_with(input: &[u8]) -> (OwnedFd, Option<std::thread::JoinHandle<()>>) {
@@ -259,7 +255,7 @@ fn pipe_with(input: &[u8]) -> (OwnedFd, Option<std::thread::JoinHandle<()>>) {
         let mut rng = Rng(input.len() as u64);
         let mut at = 0;
         while at < input.len() {
-            let n = (1 + rng.below(100_000)).min(input.len() - at);
+            let n = (1 + rng.below_usize(100_000)).min(input.len() - at);
             if w.write_all(&input[at..at + n]).is_err() {
                 return;
             }
@@ -271,7 +267,14 @@ fn pipe_with(input: &[u8]) -> (OwnedFd, Option<std::thread::JoinHandle<()>>) {
 
 /// Decodes `input` through a pipe with a [`StreamSource`] (its buffer `buffer`
 /// bytes at first, or the usual [`STREAM_BUFFER`]) and checks it all.
-fn check_stream(input: &[u8], max_frame: u32, buffer: Option<usize>, what: &str, t: &mut Totals) {
+fn check_stream(
+    input: &[u8],
+    max_frame: u32,
+    buffer: Option<usize>,
+    sent: &Sent,
+    what: &str,
+    t: &mut Totals,
+) {
     let (expect, expect_end) = ref_stream(input, max_frame);
     let (fd, feeder) = pipe_with(input);
     let mut source = StreamSource::new(fd, max_frame, None, "property pipe").expect("source");
@@ -281,7 +284,7 @@ fn check_stream(input: &[u8], max_frame: u32, buffer: Option<usize>, what: &str,
     let opts = ReaderOpts { count: None, writers: u16::MAX, max_frame, print: false, verify: true };
     let mut check = Validator::new("prop", &opts);
     let mut validating = true;
-    let mut got = 0usize;
+    let (mut got, mut crc_passed) = (0usize, 0usize);
     let ((), peak, _) = tracked(|| {
         let end = loop {
             match source.recv() {
@@ -292,10 +295,26 @@ fn check_stream(input: &[u8], max_frame: u32, buffer: Option<usize>, what: &str,
                     let h = f.header;
                     let kind = u8::from(h.kind == Kind::End);
                     assert_eq!(
-                        (kind, h.writer, h.seq, h.crc, f.payload),
-                        (e.kind, e.writer, e.seq, e.crc, &input[e.payload.clone()]),
+                        (kind, h.writer, h.seq, h.len, h.crc, f.payload),
+                        (
+                            e.kind,
+                            e.writer,
+                            e.seq,
+                            e.payload.len() as u32,
+                            e.crc,
+                            &input[e.payload.clone()]
+                        ),
                         "{what}: frame #{got} differs from the reference"
                     );
+                    if f.check_crc().is_ok() {
+                        assert!(
+                            sent.payloads.contains(f.payload),
+                            "{what}: frame #{got} passed its CRC with a payload no writer sent"
+                        );
+                        crc_passed += 1;
+                    } else {
+                        t.crc_failed += 1;
+                    }
                     got += 1;
                     if validating {
                         match check.accept(&f) {
@@ -323,6 +342,13 @@ fn check_stream(input: &[u8], max_frame: u32, buffer: Option<usize>, what: &str,
         };
         assert_eq!(got, expect.len(), "{what}: frame count");
         assert_eq!(end, expect_end, "{what}: how the stream ended");
+        if let Some(frames) = sent.intact {
+            assert_eq!(
+                (got, crc_passed, end),
+                (frames, frames, End::Clean),
+                "{what}: an unmutated stream of {frames} frames did not decode completely"
+            );
+        }
         t.by_end[end as usize] += 1;
     });
     drop(source);
@@ -390,9 +416,9 @@ fn cases(default: u64) -> u64 {
 }
 
 fn max_frame(rng: &mut Rng) -> u32 {
-    match rng.below(6) {
+    match rng.below_usize(6) {
         0 => 0,
-        1 => 1 + rng.below(100) as u32,
+        1 => 1 + rng.below_usize(100) as u32,
         2 => 4096,
         3 => 200_000,
         4 => 300_000,
@@ -409,26 +435,33 @@ fn the_stream_decoder_survives_random_and_mutated_streams() {
     let n = cases(25_000);
     for i in 0..n {
         let max = max_frame(&mut rng);
-        let valid = valid_stream(&mut rng, max as usize);
-        let other = valid_stream(&mut rng, max as usize);
-        let m = rng.below(MUTATIONS.len());
+        let mut payloads = Vec::new();
+        let valid = valid_stream(&mut rng, max as usize, &mut payloads);
+        let frames = payloads.len();
+        let other = valid_stream(&mut rng, max as usize, &mut payloads);
+        let m = rng.below_usize(MUTATIONS.len());
         let input = mutate(&mut rng, m, valid, &other, max);
         // Half the cases start from a small buffer, so that short streams take
         // the compaction and growth paths too.
-        let buffer = rng.chance(2).then(|| rng.below(4096));
+        let buffer = rng.chance(2).then(|| rng.below_usize(4096));
         let what = format!(
             "seed {seed} case {i} ({}, --max-frame {max}, buffer {buffer:?})",
             MUTATIONS[m]
         );
-        check_stream(&input, max, buffer, &what, &mut t);
+        let sent = Sent {
+            payloads: payloads.iter().map(Vec::as_slice).collect(),
+            intact: (MUTATIONS[m] == "valid").then_some(frames),
+        };
+        check_stream(&input, max, buffer, &sent, &what, &mut t);
     }
     println!(
-        "stream decoder: {} cases (seed {seed}), {} MB, {} frames decoded, {} accepted by the \
-         reader's checks; ended clean {}, bad data {}, cut short {}; largest buffer growth {} \
-         bytes; {:.1} s",
+        "stream decoder: {} cases (seed {seed}), {} MB, {} frames decoded, {} failed their CRC, \
+         {} accepted by the reader's checks; ended clean {}, bad data {}, cut short {}; largest \
+         buffer growth {} bytes; {:.1} s",
         t.cases,
         t.bytes >> 20,
         t.frames,
+        t.crc_failed,
         t.accepted,
         t.by_end[0],
         t.by_end[1],
@@ -436,6 +469,15 @@ fn the_stream_decoder_survives_random_and_mutated_streams() {
         t.biggest_growth,
         start.elapsed().as_secs_f64()
     );
+    // The mutations must reach payloads, or the CRC property above proves
+    // nothing (a run cut down with IPC_DEMOS_PROP_CASES may be too short).
+    if n >= 1_000 {
+        assert!(
+            t.crc_failed > 100,
+            "seed {seed}: the mutations did not reach payloads ({} frames failed their CRC)",
+            t.crc_failed
+        );
+    }
 }
 
 #[test]
@@ -449,7 +491,7 @@ fn the_message_decoder_survives_random_and_mutated_messages() {
         let max = max_frame(&mut rng);
         let valid = valid_message(&mut rng, (max as usize).min(70_000));
         let other = valid_message(&mut rng, (max as usize).min(70_000));
-        let m = rng.below(MUTATIONS.len());
+        let m = rng.below_usize(MUTATIONS.len());
         let msg = mutate(&mut rng, m, valid, &other, max);
         let what = format!("seed {seed} case {i} ({}, --max-frame {max})", MUTATIONS[m]);
         check_message(&msg, max, &what, &mut t);

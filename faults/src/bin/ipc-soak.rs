@@ -19,7 +19,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use argh::FromArgs;
-use ipc_faults::soak::{self, Plan, Report, Rng};
+use ipc_faults::rng::Rng;
+use ipc_faults::soak::{self, Plan, Report};
 
 /// Random pairs with random sizes and injected faults (kills, stops, signal
 /// storms, corrupt streams); checks every outcome and that nothing is left.
