@@ -42,6 +42,20 @@ impl Exit {
             Exit::Interrupted(sig) => u8::try_from(128 + sig).unwrap_or(128),
         }
     }
+
+    /// The class of a child's exit status (the inverse of [`Exit::code`] for
+    /// the statuses our binaries use; anything else is a system failure).
+    #[must_use]
+    pub fn from_code(code: i32) -> Exit {
+        match code {
+            2 => Exit::Usage,
+            3 => Exit::PeerLost,
+            4 => Exit::BadData,
+            130 => Exit::Interrupted(libc::SIGINT),
+            143 => Exit::Interrupted(libc::SIGTERM),
+            _ => Exit::System,
+        }
+    }
 }
 
 /// A failure: its class and a one-line message (without the binary's name).

@@ -94,7 +94,10 @@ fn read_all(fd: &OwnedFd, path: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-fn open_lock_file(path: &Path, create: bool) -> Result<Option<(OwnedFd, FileStat)>> {
+/// Opens (with `create`, creates: 0600) the lock file `path`, refusing a
+/// symbolic link, anything but a regular file, and a file not ours; `None` if
+/// it does not exist and `create` is off. Not locked yet: the caller locks it.
+pub fn open_lock_file(path: &Path, create: bool) -> Result<Option<(OwnedFd, FileStat)>> {
     let mut flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     if create {
         flags |= OFlag::O_CREAT;

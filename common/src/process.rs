@@ -68,14 +68,7 @@ pub fn wait_child(pid: Pid, name: &str) -> Result<()> {
                 "{name} (pid {pid}) could not be started (exec failed)"
             )));
         }
-        WaitStatus::Exited(_, code) => match code {
-            2 => Exit::Usage,
-            3 => Exit::PeerLost,
-            4 => Exit::BadData,
-            130 => Exit::Interrupted(libc::SIGINT),
-            143 => Exit::Interrupted(libc::SIGTERM),
-            _ => Exit::System,
-        },
+        WaitStatus::Exited(_, code) => Exit::from_code(code),
         WaitStatus::Signaled(_, sig, _) => {
             return Err(Error::peer_lost(format!("{name} (pid {pid}) was killed by {sig}")));
         }

@@ -68,6 +68,27 @@ pub fn timeout_secs(secs: u64) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(secs))
 }
 
+/// Waits in steps of at most [`TICK`]: `attempt(step)` blocks up to `step` and
+/// says whether it got what it waited for; between attempts the stop signals are
+/// checked (`Err(Interrupted)`) and `on_tick` runs (a peer check goes there).
+/// `Ok(false)` once `deadline` has passed.
+pub fn wait_in_ticks(
+    deadline: &Deadline,
+    mut attempt: impl FnMut(Duration) -> Result<bool>,
+    mut on_tick: impl FnMut() -> Result<()>,
+) -> Result<bool> {
+    loop {
+        signals::check()?;
+        if deadline.expired() {
+            return Ok(false);
+        }
+        if attempt(deadline.step(TICK))? {
+            return Ok(true);
+        }
+        on_tick()?;
+    }
+}
+
 /// Waits until `fd` reports one of `events` (or an error/hang-up condition).
 ///
 /// Returns `Ok(true)` when ready, `Ok(false)` when `deadline` passed first, and
@@ -77,23 +98,20 @@ pub fn wait_fd(
     fd: BorrowedFd<'_>,
     events: PollFlags,
     deadline: &Deadline,
-    mut on_tick: impl FnMut() -> Result<()>,
+    on_tick: impl FnMut() -> Result<()>,
 ) -> Result<bool> {
-    loop {
-        signals::check()?;
-        if deadline.expired() {
-            return Ok(false);
-        }
-        let ms = u16::try_from(deadline.step(TICK).as_millis()).unwrap_or(u16::MAX);
+    let ready = |step: Duration| {
+        let ms = u16::try_from(step.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(fd, events)];
         // poll: sleep until the descriptor is ready or the tick ends; a signal
         // handler makes it return EINTR even under SA_RESTART.
         match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) | Err(Errno::EINTR) => on_tick()?,
-            Ok(_) => return Ok(true),
-            Err(e) => return Err(e).context(|| "poll"),
+            Ok(0) | Err(Errno::EINTR) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(e) => Err(e).context(|| "poll"),
         }
-    }
+    };
+    wait_in_ticks(deadline, ready, on_tick)
 }
 
 /// Sleeps one short step (at most `step`, never past `deadline`), then checks signals.

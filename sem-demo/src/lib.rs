@@ -86,7 +86,7 @@ use ipc_common::clean::{DEV_SHM, SysvKind, remove_sysv};
 use ipc_common::error::{Context, Error, Result};
 use ipc_common::paths::{self, check_ours};
 use ipc_common::signals;
-use ipc_common::wait::{Deadline, TICK};
+use ipc_common::wait::{Deadline, TICK, wait_in_ticks};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, posix_fallocate};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous, munmap, shm_open, shm_unlink};
@@ -133,27 +133,6 @@ pub fn check_existing(path: &Path, what: &str) -> Result<Option<FileStat>> {
     };
     check_ours(&st, what)?;
     Ok(Some(st))
-}
-
-/// Waits in steps of at most [`TICK`]: `attempt(step)` blocks up to `step` and
-/// says whether it got what it waited for; between attempts the stop signals are
-/// checked (`Err(Interrupted)`) and `on_tick` runs (a peer check goes there).
-/// `Ok(false)` once `deadline` has passed.
-pub fn wait_in_ticks(
-    deadline: &Deadline,
-    mut attempt: impl FnMut(Duration) -> Result<bool>,
-    mut on_tick: impl FnMut() -> Result<()>,
-) -> Result<bool> {
-    loop {
-        signals::check()?;
-        if deadline.expired() {
-            return Ok(false);
-        }
-        if attempt(deadline.step(TICK))? {
-            return Ok(true);
-        }
-        on_tick()?;
-    }
 }
 
 /// `CLOCK_REALTIME` now plus `d`: the absolute deadline `sem_timedwait` and

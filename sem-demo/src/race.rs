@@ -534,7 +534,7 @@ fn reap(children: &[Pid], sh: &Shared, stopping: bool) -> Result<()> {
                 let failure = match status {
                     WaitStatus::Exited(_, 0) => None,
                     WaitStatus::Exited(_, code) => Some(Error::new(
-                        exit_of(code),
+                        Exit::from_code(code),
                         format!("process {pid} failed with exit status {code}"),
                     )),
                     WaitStatus::Signaled(_, sig, _) => {
@@ -558,17 +558,6 @@ fn reap(children: &[Pid], sh: &Shared, stopping: bool) -> Result<()> {
     }
     signals::check()?;
     first.map_or(Ok(()), Err)
-}
-
-fn exit_of(code: i32) -> Exit {
-    match code {
-        2 => Exit::Usage,
-        3 => Exit::PeerLost,
-        4 => Exit::BadData,
-        130 => Exit::Interrupted(libc::SIGINT),
-        143 => Exit::Interrupted(libc::SIGTERM),
-        _ => Exit::System,
-    }
 }
 
 impl Drop for Race {

@@ -23,14 +23,14 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipc_common::error::{Context, Error, Result};
-use ipc_common::paths::{check_ours, expect_kind, file_kind, remove_if_same};
+use ipc_common::liveness::open_lock_file;
+use ipc_common::paths::{check_ours, expect_kind, remove_if_same};
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, open};
 use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockaddrStorage, UnixAddr, accept4, bind, connect,
     getpeername, getsockname, listen, setsockopt, socket, sockopt,
 };
-use nix::sys::stat::{Mode, SFlag, fchmod, fstat, lstat};
+use nix::sys::stat::{Mode, SFlag, fchmod, lstat};
 use nix::sys::uio::{pread, pwrite};
 use nix::unistd::{ftruncate, unlink};
 
@@ -112,26 +112,9 @@ impl LockFile {
     fn acquire(socket: &Path) -> Result<LockFile> {
         let path = lock_path(socket);
         loop {
-            // open O_CREAT | O_NOFOLLOW, 0600: never through a planted link.
-            let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-            let fd = match open(&path, flags, Mode::S_IRUSR | Mode::S_IWUSR) {
-                Ok(fd) => fd,
-                Err(Errno::ELOOP) => {
-                    return Err(Error::system(format!(
-                        "{} is a symbolic link; refusing to follow it",
-                        path.display()
-                    )));
-                }
-                Err(e) => return Err(Error::errno(format!("open {}", path.display()), e)),
-            };
-            let st = fstat(&fd).context(|| format!("fstat {}", path.display()))?;
-            if file_kind(&st) != SFlag::S_IFREG {
-                return Err(Error::system(format!(
-                    "{} is not a regular file; refusing to use it as a lock",
-                    path.display()
-                )));
-            }
-            check_ours(&st, &format!("lock file {}", path.display()))?;
+            // open O_CREAT | O_NOFOLLOW, 0600: never through a planted link,
+            // and only a regular file of ours.
+            let Some((fd, st)) = open_lock_file(&path, true)? else { continue };
             if !try_flock(fd.as_fd(), &path)? {
                 let pid = read_pid(fd.as_fd()).map_or(String::new(), |p| format!(" (pid {p})"));
                 return Err(Error::system(format!(
