@@ -76,7 +76,9 @@ pub enum Op {
     /// `futex(FUTEX_WAIT, expected)` with no timeout: returns 1 at once if the
     /// word is not `expected` (EAGAIN), else sleeps until a `FutexWake`, then 1.
     FutexWait(Loc, u32),
-    /// `futex(FUTEX_WAKE, all)`: wakes every thread asleep on the word; returns 0.
+    /// `futex(FUTEX_WAKE)`: wakes every thread asleep on the word (a ring has
+    /// one sleeper per word, so waking one or all is the same; the log's
+    /// bell wakes all); returns 0.
     FutexWake(Loc),
     /// `sem_wait` with no timeout: takes one count, sleeping while there is none; returns 1.
     SemWait(Loc),
