@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use ipc_common::error::{Context, Error, Exit, Result};
 use nix::sched::{CpuSet, sched_setaffinity};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+use nix::sys::mman::munmap;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{ForkResult, Pid, getpid, getppid};
 
@@ -153,17 +153,9 @@ impl SharedPage {
     /// Maps the page, zeroed.
     pub fn new() -> Result<Self> {
         let len = std::num::NonZeroUsize::new(PAGE).unwrap_or(std::num::NonZeroUsize::MIN);
-        // SAFETY: a new anonymous mapping at an address the kernel picks: it
-        // aliases nothing; shared, so a forked child sees our stores and we its.
-        let ptr = unsafe {
-            mmap_anonymous(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-            )
-        }
-        .context(|| "mmap MAP_SHARED|MAP_ANONYMOUS")?;
+        // Shared, so a forked child sees our stores and we its.
+        let ptr = ipc_common::process::map_shared_anonymous(len)
+            .context(|| "mmap MAP_SHARED|MAP_ANONYMOUS")?;
         Ok(SharedPage { base: ptr.cast() })
     }
 

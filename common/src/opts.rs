@@ -34,6 +34,27 @@ impl FromStr for Bytes {
     }
 }
 
+/// `--api posix|sysv`: which standard's calls a pair uses, for the mechanisms
+/// Linux offers in both (message queues, shared memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// POSIX: objects found by name (`mq_open`, `shm_open`).
+    Posix,
+    /// System V: objects found by an `ftok` key (`msgget`, `shmget`).
+    Sysv,
+}
+
+impl FromStr for Api {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "posix" => Ok(Api::Posix),
+            "sysv" => Ok(Api::Sysv),
+            _ => Err(format!("{s:?}: expected posix or sysv")),
+        }
+    }
+}
+
 /// The shared writer options, as typed.
 #[derive(Debug, Clone)]
 pub struct CommonWriter {
@@ -297,4 +318,16 @@ macro_rules! reader_args {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Api;
+
+    #[test]
+    fn api_takes_posix_or_sysv_and_names_both_when_refusing() {
+        assert_eq!("posix".parse::<Api>(), Ok(Api::Posix));
+        assert_eq!("sysv".parse::<Api>(), Ok(Api::Sysv));
+        assert_eq!("svr4".parse::<Api>(), Err("\"svr4\": expected posix or sysv".to_string()));
+    }
 }

@@ -1,4 +1,5 @@
-//! Related processes: `fork`, reaping a child, and passing its exit code on.
+//! Related processes: `fork`, memory shared across it, reaping a child, and
+//! passing its exit code on.
 //!
 //! A pipe between a parent and its child, a shared anonymous mapping, a
 //! benchmark's two sides: each starts with `fork` and ends with the parent
@@ -11,10 +12,14 @@
 //! - A blocking `waitpid` is restarted after our SIGINT handler (`SA_RESTART`)
 //!   and would never notice it: the wait is a `poll` on a pidfd instead.
 
+use std::ffi::c_void;
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
@@ -84,6 +89,27 @@ pub fn fork_process() -> Result<ForkResult> {
     // SAFETY: our processes are single-threaded, so the child may go on running
     // ordinary Rust code (allocation included): no other thread held a lock.
     unsafe { fork() }.context(|| "fork")
+}
+
+/// Maps `len` bytes shared with every child forked after this call:
+/// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)`.
+///
+/// The pages are zeroed and belong to no file. `MAP_SHARED` is what makes a
+/// child's stores visible to its parent: a `MAP_PRIVATE` mapping (memmap2's
+/// `map_anon`) is copied on write at `fork`. The caller owns the mapping and
+/// ends it with `munmap(ptr, len)`; the pages go with the last process that
+/// has them. The error is the bare errno, for the caller's own context.
+pub fn map_shared_anonymous(len: NonZeroUsize) -> nix::Result<NonNull<c_void>> {
+    // SAFETY: no MAP_FIXED: the kernel picks an unused address, so the new
+    // mapping replaces nothing and aliases nothing in this process.
+    unsafe {
+        mmap_anonymous(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+        )
+    }
 }
 
 /// Ends a forked child: prints its error as `bin: ...` and exits with its code.

@@ -57,6 +57,8 @@ impl SharedAnon {
     pub fn with_ring(ring_bytes: usize) -> Result<Self> {
         let len = Self::len_for(ring_bytes)?;
         // mmap(MAP_SHARED | MAP_ANONYMOUS): zeroed pages, shared with every child we fork.
+        // (Spelled out here, the call this module shows; other crates use
+        // `ipc_common::process::map_shared_anonymous`.)
         // SAFETY: a fresh mapping at an address the kernel picks; nothing aliases it.
         let ptr = unsafe {
             mmap_anonymous(

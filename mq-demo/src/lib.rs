@@ -44,8 +44,6 @@
 pub mod posix;
 pub mod sysv;
 
-use std::str::FromStr;
-
 use ipc_common::error::{Context, Error, Result};
 use ipc_common::frame::HEADER_LEN;
 use ipc_common::payload::SizeSpec;
@@ -53,25 +51,13 @@ use ipc_common::payload::SizeSpec;
 /// The mechanism's name in messages.
 pub const MECH: &str = "mq";
 
-/// Which standard's queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    /// `mq_open` and friends.
-    Posix,
-    /// `msgget` and friends.
-    Sysv,
-}
+/// Which standard's queue: [`Api::Posix`] is `mq_open` and friends ([`posix`]),
+/// [`Api::Sysv`] is `msgget` and friends ([`sysv`]).
+pub use ipc_common::opts::Api;
 
-impl FromStr for Api {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "posix" => Ok(Api::Posix),
-            "sysv" => Ok(Api::Sysv),
-            _ => Err(format!("{s:?}: expected posix or sysv")),
-        }
-    }
-}
+/// Both readers' `end_reason`: a queue has no end of file, so a writer's
+/// stream ends when its lock is free and the queue is drained.
+const END_REASON: &str = "no writer holds the queue any more, and its end frame never came";
 
 /// Reads a number from a `/proc/sys` file.
 pub fn read_limit(path: &str) -> Result<u64> {

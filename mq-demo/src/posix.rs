@@ -429,7 +429,7 @@ impl FrameSource for QueueSource<'_> {
     }
 
     fn end_reason(&self) -> &'static str {
-        "no writer holds the queue any more, and its end frame never came"
+        crate::END_REASON
     }
 }
 

@@ -85,11 +85,12 @@ use std::time::Duration;
 use ipc_common::clean::{DEV_SHM, SysvKind, remove_sysv};
 use ipc_common::error::{Context, Error, Result};
 use ipc_common::paths::{self, check_ours};
+use ipc_common::process;
 use ipc_common::signals;
 use ipc_common::wait::{Deadline, TICK, wait_in_ticks};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, posix_fallocate};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous, munmap, shm_open, shm_unlink};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
 use nix::sys::signal::kill;
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, major, minor};
 use nix::sys::statvfs::fstatvfs;
@@ -1080,16 +1081,9 @@ impl Mapping {
     /// (`mmap MAP_SHARED | MAP_ANONYMOUS`), gone when the last of them exits.
     pub fn anonymous(len: usize) -> Result<Mapping> {
         let len = NonZeroUsize::new(len).ok_or_else(|| Error::usage("empty mapping"))?;
-        // SAFETY: a fresh anonymous mapping aliases nothing; we own it until munmap.
-        let ptr = unsafe {
-            mmap_anonymous(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-            )
-        }
-        .context(|| format!("mmap {len} bytes MAP_SHARED|MAP_ANONYMOUS"))?;
+        // Ours until munmap in Drop.
+        let ptr = process::map_shared_anonymous(len)
+            .context(|| format!("mmap {len} bytes MAP_SHARED|MAP_ANONYMOUS"))?;
         Ok(Mapping { ptr, len })
     }
 

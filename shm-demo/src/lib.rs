@@ -86,25 +86,10 @@ pub const SEMS_PROJ: i32 = b'S' as i32;
 /// How often a writer retries opening a segment that is not there yet.
 pub const OPEN_RETRY: Duration = Duration::from_millis(20);
 
-/// Which standard's shared memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    /// `shm_open` + `mmap`, semaphores in the segment.
-    Posix,
-    /// `shmget` + `shmat`, a System V semaphore set.
-    Sysv,
-}
-
-impl std::str::FromStr for Api {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "posix" => Ok(Api::Posix),
-            "sysv" => Ok(Api::Sysv),
-            _ => Err(format!("{s:?}: expected posix or sysv")),
-        }
-    }
-}
+/// Which standard's shared memory: [`Api::Posix`] is `shm_open` + `mmap`,
+/// semaphores in the segment; [`Api::Sysv`] is `shmget` + `shmat`, a System V
+/// semaphore set.
+pub use ipc_common::opts::Api;
 
 /// The segment's header, at offset 0. Only atomics are written after `ready`.
 #[repr(C, align(64))]
