@@ -110,36 +110,6 @@ pub struct Generator {
     pool: Vec<u8>,
     seed: u64,
     size: SizeSpec,
-    /// For a fixed size, the number of offsets and its reciprocal (see
-    /// [`FastMod`]): the two divisions a payload costs otherwise are ~10 ns,
-    /// as much as the CRC of a 64-byte payload.
-    fixed: Option<FastMod>,
-}
-
-/// `x % d` for one divisor `d`, by multiplications (Lemire, Kaser and Kurz,
-/// "Faster remainder by direct computation", 2019): exact for every 64-bit
-/// `x` and `d` with a 128-bit reciprocal `m` = ⌈2^128 / d⌉.
-#[derive(Debug, Clone, Copy)]
-struct FastMod {
-    d: u64,
-    m: u128,
-}
-
-impl FastMod {
-    fn new(d: u64) -> Self {
-        // d = 1 wraps m to 0, and every remainder by 1 is 0.
-        FastMod { d, m: (u128::MAX / u128::from(d)).wrapping_add(1) }
-    }
-
-    #[inline]
-    fn rem(self, x: u64) -> u64 {
-        // The fraction x/d in 128 fixed-point bits, times d: the remainder
-        // is its integer part (the top 64 bits of a 192-bit product).
-        let frac = self.m.wrapping_mul(u128::from(x));
-        let d = u128::from(self.d);
-        let low = ((frac & u128::from(u64::MAX)) * d) >> 64;
-        (((frac >> 64) * d + low) >> 64) as u64
-    }
 }
 
 impl Generator {
@@ -154,8 +124,7 @@ impl Generator {
             pool.extend_from_slice(&state.to_le_bytes());
         }
         pool.truncate(len);
-        let fixed = (size.min == size.max).then(|| FastMod::new((len - size.min) as u64 + 1));
-        Generator { pool, seed, size, fixed }
+        Generator { pool, seed, size }
     }
 
     /// Payload number `seq`: a slice of the pool, no copy.
@@ -163,13 +132,9 @@ impl Generator {
     #[inline]
     pub fn payload(&self, seq: u64) -> &[u8] {
         let h = splitmix64(self.seed ^ splitmix64(seq));
-        if let Some(offsets) = self.fixed {
-            // The same slice as below, where the length is `min + h % 1`.
-            let at = offsets.rem(splitmix64(h)) as usize;
-            return &self.pool[at..at + self.size.min];
-        }
         let span = (self.size.max - self.size.min) as u64 + 1;
-        let len = self.size.min + (h % span) as usize;
+        // A fixed size (span 1) needs no division to pick its length.
+        let len = if span == 1 { self.size.min } else { self.size.min + (h % span) as usize };
         let offsets = (self.pool.len() - len) as u64 + 1;
         let at = (splitmix64(h) % offsets) as usize;
         &self.pool[at..at + len]
@@ -314,20 +279,6 @@ mod tests {
         }
         assert!(differs, "another seed gives other payloads");
         assert_ne!(a.payload(1), a.payload(2));
-    }
-
-    #[test]
-    fn fast_remainder_equals_the_division() {
-        let mut x = 1u64;
-        for d in [1, 2, 3, 7, 64, 65_537, 131_137, 1 << 32, (1 << 32) + 1, u64::MAX - 1, u64::MAX] {
-            let fast = FastMod::new(d);
-            for _ in 0..10_000 {
-                x = splitmix64(x);
-                for v in [x, x >> 17, x >> 40, d.wrapping_sub(1), d, u64::MAX] {
-                    assert_eq!(fast.rem(v), v % d, "{v} % {d}");
-                }
-            }
-        }
     }
 
     #[test]
