@@ -224,6 +224,33 @@ pub fn pidfd(pid: i32) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(i32::try_from(raw).expect("fd")) }
 }
 
+/// Runs `work` on every item, `workers` at a time (each case is a pair of
+/// processes: more at once would only fight over the two CPUs), and returns
+/// the results in the items' order. `work` gets each item's index too.
+pub fn in_parallel<T: Send, R: Send>(
+    items: Vec<T>,
+    workers: usize,
+    work: impl Fn(usize, T) -> R + Sync,
+) -> Vec<R> {
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().expect("queue").next();
+                    let Some((i, item)) = next else { break };
+                    let result = work(i, item);
+                    results.lock().expect("results").push((i, result));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("results");
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
 /// Waits up to `limit` for the process behind `fd` (a pidfd) to exit; `true` if it did.
 #[must_use]
 pub fn exited_within(fd: &OwnedFd, limit: Duration) -> bool {

@@ -39,13 +39,12 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipc_common::testkit::{TestDir, bytes_read, wait_until};
 use ipc_faults::rng::Rng;
-use ipc_faults::{MECHANISMS, Mechanism, bin, cpu_ticks, exited_within, pidfd};
+use ipc_faults::{MECHANISMS, Mechanism, bin, cpu_ticks, exited_within, in_parallel, pidfd};
 
 /// How long a survivor may take to notice before the cell records a hang.
 const HANG: Duration = Duration::from_secs(12);
@@ -661,30 +660,12 @@ fn crash_matrix() {
     eprintln!("crash matrix: seed {seed} (CRASH_SEED={seed} to repeat)");
     let started = Instant::now();
     let sysv_before: HashSet<SysvRow> = sysv_rows().into_iter().collect();
-    let jobs: Vec<(usize, &'static Mechanism, Victim)> = MECHANISMS
-        .iter()
-        .flat_map(|m| Victim::ALL.into_iter().map(move |v| (m, v)))
-        .enumerate()
-        .map(|(i, (m, v))| (i, m, v))
-        .collect();
-    let queue = Mutex::new(jobs.into_iter());
-    let results = Mutex::new(Vec::new());
-    thread::scope(|s| {
-        for _ in 0..PARALLEL {
-            s.spawn(|| {
-                loop {
-                    let next = queue.lock().expect("queue").next();
-                    let Some((i, m, v)) = next else { break };
-                    let rng = Rng(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)).next_u64();
-                    let cell = run_cell(m, v, rng, &sysv_before);
-                    results.lock().expect("results").push((i, cell));
-                }
-            });
-        }
+    let jobs: Vec<(&'static Mechanism, Victim)> =
+        MECHANISMS.iter().flat_map(|m| Victim::ALL.into_iter().map(move |v| (m, v))).collect();
+    let cells: Vec<Cell> = in_parallel(jobs, PARALLEL, |i, (m, v)| {
+        let rng = Rng(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)).next_u64();
+        run_cell(m, v, rng, &sysv_before)
     });
-    let mut cells = results.into_inner().expect("results");
-    cells.sort_by_key(|(i, _)| *i);
-    let cells: Vec<Cell> = cells.into_iter().map(|(_, c)| c).collect();
     let t = table(&cells, seed);
     println!("{t}");
     let out = target_dir().join("crash-matrix.md");

@@ -16,12 +16,10 @@
 
 use std::fmt::Write as _;
 use std::process::Stdio;
-use std::sync::Mutex;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use ipc_common::testkit::{Outcome, Running, TestDir, bytes_read, stop, wait_until};
-use ipc_faults::{MECHANISMS, Mechanism, bin, cpu_ticks, exited_within, pidfd};
+use ipc_faults::{MECHANISMS, Mechanism, bin, cpu_ticks, exited_within, in_parallel, pidfd};
 
 /// The `--timeout` given to the side that is not frozen.
 const TIMEOUT: &str = "2";
@@ -211,32 +209,15 @@ fn check(c: &Case) -> Vec<String> {
 #[test]
 fn a_frozen_peer_is_given_up_at_the_deadline_and_waking_it_corrupts_nothing() {
     let started = Instant::now();
-    let jobs: Vec<(usize, &'static Mechanism, Frozen)> = MECHANISMS
+    let jobs: Vec<(&'static Mechanism, Frozen)> = MECHANISMS
         .iter()
         .flat_map(|m| [Frozen::Writer, Frozen::Reader].into_iter().map(move |f| (m, f)))
-        .enumerate()
-        .map(|(i, (m, f))| (i, m, f))
         .collect();
-    let queue = Mutex::new(jobs.into_iter());
-    let results = Mutex::new(Vec::new());
-    thread::scope(|s| {
-        for _ in 0..PARALLEL {
-            s.spawn(|| {
-                loop {
-                    let next = queue.lock().expect("queue").next();
-                    let Some((i, m, f)) = next else { break };
-                    let case = run_case(m, f);
-                    results.lock().expect("results").push((i, case));
-                }
-            });
-        }
-    });
-    let mut cases = results.into_inner().expect("results");
-    cases.sort_by_key(|(i, _)| *i);
+    let cases = in_parallel(jobs, PARALLEL, |_, (m, f)| run_case(m, f));
     let mut t = String::new();
     let _ = writeln!(t, "| mechanism | frozen | other side | gave up after | woken side | left |");
     let _ = writeln!(t, "|---|---|---|---|---|---|");
-    for (_, c) in &cases {
+    for c in &cases {
         let _ = writeln!(
             t,
             "| {} | {:?} | exit {:?}: {} | {} | exit {:?}: {} | {} |",
@@ -251,6 +232,6 @@ fn a_frozen_peer_is_given_up_at_the_deadline_and_waking_it_corrupts_nothing() {
         );
     }
     println!("{t}\nin {:.1?}", started.elapsed());
-    let bad: Vec<String> = cases.iter().flat_map(|(_, c)| check(c)).collect();
+    let bad: Vec<String> = cases.iter().flat_map(check).collect();
     assert!(bad.is_empty(), "frozen peers:\n{}", bad.join("\n"));
 }
