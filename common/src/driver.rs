@@ -266,9 +266,8 @@ impl<'a> Validator<'a> {
         if self.opts.verify {
             frame.check_crc().map_err(|e| bad(e.to_string()))?;
         }
-        // The sum over writers only when --count asks for it: not per frame.
-        let total = self.opts.count.map(|_| self.got.messages());
-        let count = self.opts.count;
+        // --count reached already? (The sum over writers only when it is set.)
+        let full = self.opts.count.filter(|&c| self.got.messages() >= c);
         let state = self.got.writer(h.writer);
         if state.ended {
             return Err(bad("frame after this writer's end frame".into()).hint(SAME_ID));
@@ -288,11 +287,8 @@ impl<'a> Validator<'a> {
         }
         match h.kind {
             Kind::Data => {
-                if count.zip(total).is_some_and(|(c, total)| total >= c) {
-                    return Err(bad(format!(
-                        "more than --count {} messages",
-                        count.unwrap_or_default()
-                    )));
+                if let Some(c) = full {
+                    return Err(bad(format!("more than --count {c} messages")));
                 }
                 state.tally.add(h);
             }
